@@ -1,0 +1,98 @@
+"""Bipartite soft matching (ToMe) and the merge arithmetic shared by every merge method.
+
+The functions here are the single source of truth for the merge math; methods only decide the metric, the
+number of tokens and the per-source weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class MergePlan:
+    """Which tokens merge where, for a bipartite split a = even positions, b = odd positions.
+
+    src_idx: (B, r, 1) indices into a of merged tokens; dst_idx: (B, r, 1) their destinations in b;
+    unm_idx: (B, |a| - r, 1) indices into a of kept tokens; src_weight: (B, r, 1) multiplier of each merged
+    source (vid-TLDR saliency) or None for plain ToMe.
+    """
+
+    src_idx: Tensor
+    dst_idx: Tensor
+    unm_idx: Tensor
+    src_weight: Tensor | None = None
+
+
+def bipartite_soft_matching(
+    metric: Tensor,
+    r: int,
+    protected: int = 0,
+    sort_unmerged: bool = True,
+    affine_scores: bool = False,
+) -> MergePlan:
+    """Match each even token to its most similar odd token and pick the r best pairs.
+
+    metric: (B, N, C) features to compare (L2-normalised here). protected: the first ``protected`` tokens never
+    merge away nor receive merges (e.g. a CLS token). sort_unmerged: keep kept tokens in positional order
+    (vid-TLDR; ToMe does so only with a CLS token). affine_scores: compare (cos + 1) / 2 as the official
+    vid-TLDR does (changes only float rounding of the ranking).
+    """
+    with torch.no_grad():
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        a, b = metric[..., ::2, :], metric[..., 1::2, :]
+        scores = a @ b.transpose(-1, -2)
+        if affine_scores:
+            scores = (scores + 1) / 2
+        if protected > 0:
+            scores[..., : (protected + 1) // 2, :] = -math.inf
+            scores[..., :, : protected // 2] = -math.inf
+        node_max, node_idx = scores.max(dim=-1)
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+        unm_idx = edge_idx[..., r:, :]
+        src_idx = edge_idx[..., :r, :]
+        dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
+        if sort_unmerged:
+            unm_idx = unm_idx.sort(dim=-2)[0]
+    return MergePlan(src_idx=src_idx, dst_idx=dst_idx, unm_idx=unm_idx)
+
+
+def merge_tokens(plan: MergePlan, t: Tensor, mode: str = "sum") -> Tensor:
+    """Apply a plan to t: (B, N, C) -> (B, N - r, C).
+
+    Output order: kept even tokens (in ``unm_idx`` order), then all odd tokens in position order. Computed in
+    float32 and cast back to t's dtype; merged sources are scaled by ``plan.src_weight`` before the reduce.
+    """
+    dtype = t.dtype
+    t = t.float()
+    src, dst = t[..., ::2, :], t[..., 1::2, :]
+    b, _, c = src.shape
+    unm = src.gather(dim=-2, index=plan.unm_idx.expand(b, -1, c))
+    src = src.gather(dim=-2, index=plan.src_idx.expand(b, -1, c))
+    if plan.src_weight is not None:
+        src = src * plan.src_weight
+    dst = dst.scatter_reduce(-2, plan.dst_idx.expand(b, -1, c), src, reduce=mode)
+    return torch.cat([unm, dst], dim=1).to(dtype)
+
+
+def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Size-weighted average merge. x: (B, N, C), size: (B, N, 1) or None (all ones).
+
+    Returns (x', size'), with x'_d = (s_d x_d + sum_i w_i s_i x_i) / (s_d + sum_i w_i s_i). Sizes are float32.
+    The per-sample max size cancels mathematically; it is kept because the official code rounds that way.
+    """
+    if size is None:
+        size = torch.ones_like(x[..., :1], dtype=torch.float32)
+    smax = size.amax(dim=-2, keepdim=True)
+    x = merge_tokens(plan, x * (size / smax).to(x.dtype), mode="sum")
+    size = merge_tokens(plan, size, mode="sum")
+    x = x / (size / smax).to(x.dtype)
+    return x, size
+
+
+def even_gather(values: Tensor, idx: Tensor) -> Tensor:
+    """values: (B, N, 1) per-token values -> (B, r, 1) values of the even tokens at idx (B, r, 1)."""
+    return values[..., ::2, :].gather(dim=-2, index=idx)

@@ -1,0 +1,112 @@
+"""One-call insertion of a merge method into a backbone, ToMe-style: ``patch(model, "vidtldr", r=[...])``.
+
+A backbone opts in by building its encoder on ``MergeableEncoder`` (blocks with a ``merge`` slot that call it
+between the attention residual and the MLP, and a forward that threads a fresh ``MergeState`` through them).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .methods import MergeMethod, build_method
+from .schedule import RValue, build_schedule
+from .state import AttentionInfo, MergeState
+
+
+class LayerMerge(nn.Module):
+    """The merge slot of one block: a method and this block's r. No parameters."""
+
+    def __init__(self, method: MergeMethod, r: RValue) -> None:
+        super().__init__()
+        self.method = method
+        self.r = r
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.method.needs_attention
+
+    def forward(self, x: Tensor, state: MergeState, attn: AttentionInfo | None) -> Tensor:
+        """x: (B, N, C) -> (B, N', C)."""
+        return self.method(x, state, attn, self.r)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method.name}, r={self.r}"
+
+
+@dataclass
+class MergeSettings:
+    """Static, per-encoder merge options (not per-forward state)."""
+
+    method: MergeMethod | None = None
+    schedule: tuple[RValue, ...] = ()
+    trace_source: bool = False
+
+
+class MergeableEncoder(nn.Module):
+    """Mixin for encoders that support merging. Subclasses define ``self.blocks`` (nn.ModuleList) whose blocks
+    have a ``merge`` attribute (None or LayerMerge) and call ``self.new_merge_state()`` at the start of forward."""
+
+    blocks: nn.ModuleList
+    merge_settings: MergeSettings
+
+    def new_merge_state(self) -> MergeState:
+        settings = getattr(self, "merge_settings", None) or MergeSettings()
+        prop = settings.method.proportional_attention if settings.method is not None else True
+        return MergeState(trace_source=settings.trace_source, proportional_attention=prop)
+
+    @property
+    def num_tokens(self) -> int | None:
+        """Tokens entering the first block for the configured input, if the encoder knows it."""
+        return None
+
+
+def find_mergeable(model: nn.Module) -> list[MergeableEncoder]:
+    """All MergeableEncoder modules in model (the model itself included), outermost first."""
+    found = [m for m in model.modules() if isinstance(m, MergeableEncoder)]
+    return [m for m in found if not any(o is not m and m in list(o.modules()) for o in found)]
+
+
+def patch(
+    model: nn.Module,
+    method: str | MergeMethod = "vidtldr",
+    r: RValue | Sequence[RValue] | str | None = None,
+    layers: Sequence[int] | None = None,
+    trace_source: bool = False,
+    **method_kwargs: object,
+) -> nn.Module:
+    """Insert a merge method into every MergeableEncoder of model, in place; returns model.
+
+    r: per-block list (e.g. [600, 200, 100]), or one count / fraction at ``layers`` (all blocks if None).
+    method "none" or r all zero removes merging. Raises ScheduleError for an r that does not fit the depth.
+    """
+    encoders = find_mergeable(model)
+    if not encoders:
+        raise TypeError(
+            f"{type(model).__name__} has no MergeableEncoder: merging needs a backbone whose blocks expose a "
+            "merge slot (vidtldr_pl.backbones); see vidtldr_pl.merging.patch.MergeableEncoder"
+        )
+    merge_method = build_method(method, **method_kwargs)
+    for encoder in encoders:
+        schedule = build_schedule(r, len(encoder.blocks), layers)
+        if merge_method is None or not any(schedule):
+            _clear(encoder)
+            continue
+        for block, r_block in zip(encoder.blocks, schedule):
+            block.merge = LayerMerge(merge_method, r_block) if r_block else None
+        encoder.merge_settings = MergeSettings(merge_method, tuple(schedule), trace_source)
+    return model
+
+
+def _clear(encoder: MergeableEncoder) -> None:
+    for block in encoder.blocks:
+        block.merge = None
+    encoder.merge_settings = MergeSettings()
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Remove merging from every MergeableEncoder of model (in place); returns model."""
+    for encoder in find_mergeable(model):
+        _clear(encoder)
+    return model

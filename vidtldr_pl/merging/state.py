@@ -1,0 +1,49 @@
+"""Per-forward token bookkeeping, passed explicitly through the blocks of one encoder forward."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AttentionInfo:
+    """What a block's attention exposes to a merge method.
+
+    probs: (B, H, N, N) softmax of the logits WITHOUT the proportional-attention bias (explicit mode only).
+    q: (B, H, N, d) queries already multiplied by the attention scale; k: (B, H, N, d) keys.
+    A fused attention provides q and k only; saliency is then computed without the N x N map.
+    """
+
+    probs: Tensor | None = None
+    q: Tensor | None = None
+    k: Tensor | None = None
+
+
+@dataclass
+class MergeState:
+    """Token sizes and sources of one forward pass.
+
+    size: (B, N, 1) float32 number of input patches each token stands for (fractional under vid-TLDR); None
+        until the first merge. source: (B, N, N0) which of the N0 tokens entering the first merging layer each
+        token holds (only when ``trace_source``). tokens_per_layer: token count after each block.
+    """
+
+    trace_source: bool = False
+    proportional_attention: bool = True
+    size: Tensor | None = None
+    source: Tensor | None = None
+    tokens_per_layer: list[int] = field(default_factory=list)
+
+    def attention_bias(self) -> Tensor | None:
+        """log(size) as a per-key additive bias (B, 1, 1, N), or None when no merge happened yet."""
+        if self.size is None or not self.proportional_attention:
+            return None
+        return self.size.log()[:, None, None, :, 0]
+
+    def init_source(self, x: Tensor) -> None:
+        """Start source tracing at the current tokens: identity (B, N, N) in float32."""
+        if self.trace_source and self.source is None:
+            b, n, _ = x.shape
+            self.source = torch.eye(n, dtype=torch.float32, device=x.device)[None].expand(b, n, n)
