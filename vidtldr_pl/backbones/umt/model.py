@@ -1,0 +1,102 @@
+"""UMT for video-text retrieval: vision encoder, BERT text encoder with fusion layers, ITC projections, ITM head.
+
+Module names are those of the official checkpoints (``vision_encoder``, ``text_encoder``, ``vision_proj``,
+``text_proj``, ``itm_head``, ``temp``). Presets in ``UMT_CONFIGS``; build with ``create_umt(name)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .text import TextEncoderConfig, UMTTextEncoder
+from .vision import VisionConfig, VisionTransformer
+
+
+@dataclass
+class UMTConfig:
+    """A whole UMT retrieval model. embed_dim: width of the ITC space."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig.bert_base)
+    embed_dim: int = 512
+    temp: float = 0.07
+
+
+def _b16(**kw: Any) -> UMTConfig:
+    return UMTConfig(VisionConfig.vit_b16(**kw), TextEncoderConfig.bert_base(encoder_width=768), embed_dim=512)
+
+
+def _l16(**kw: Any) -> UMTConfig:
+    return UMTConfig(VisionConfig.vit_l16(**kw), TextEncoderConfig.bert_large(encoder_width=1024), embed_dim=768)
+
+
+def _tiny(**kw: Any) -> UMTConfig:
+    """A small UMT with the same classes, for tests and CPU demos."""
+    vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 64, "num_frames": 4, **kw})
+    text = TextEncoderConfig(
+        vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, fusion_layer=2,
+        encoder_width=vision.embed_dim, max_position_embeddings=64,
+    )
+    return UMTConfig(vision, text, embed_dim=32)
+
+
+UMT_CONFIGS = {"umt_b16": _b16, "umt_l16": _l16, "umt_tiny": _tiny}
+
+
+class UMT(nn.Module):
+    """UMT retrieval model. Videos are (B, T, 3, H, W) as the official ``encode_vision`` takes them."""
+
+    def __init__(self, cfg: UMTConfig) -> None:
+        super().__init__()
+        if cfg.text.encoder_width != cfg.vision.embed_dim:
+            cfg = replace(cfg, text=replace(cfg.text, encoder_width=cfg.vision.embed_dim))
+        self.cfg = cfg
+        self.vision_encoder = VisionTransformer(cfg.vision)
+        self.text_encoder = UMTTextEncoder(cfg.text)
+        self.vision_proj = nn.Linear(cfg.vision.embed_dim, cfg.embed_dim)
+        self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)
+        self.itm_head = nn.Linear(cfg.text.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(cfg.temp))
+
+    def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video: (B, T, 3, H, W) -> (tokens (B, N', Dv) for ITM, pooled (B, Dv))."""
+        return self.vision_encoder(video.permute(0, 2, 1, 3, 4))
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L) ids and mask -> text-only hidden states (B, L, Dt)."""
+        return self.text_encoder.forward_text(input_ids, attention_mask)
+
+    def vision_embed(self, pooled: Tensor) -> Tensor:
+        """pooled (B, Dv) -> L2-normalised ITC embedding (B, E)."""
+        return F.normalize(self.vision_proj(pooled), dim=-1)
+
+    def text_embed(self, text_hidden: Tensor) -> Tensor:
+        """text hidden (B, L, Dt) -> L2-normalised ITC embedding of the [CLS] token (B, E)."""
+        return F.normalize(self.text_proj(text_hidden[:, 0]), dim=-1)
+
+    def itm_logits(self, text_hidden: Tensor, text_mask: Tensor, video_tokens: Tensor) -> Tensor:
+        """Fusion layers over (text, video) pairs -> ITM logits (B, 2); [:, 1] is the match score.
+
+        text_hidden (B, L, Dt), text_mask (B, L), video_tokens (B, N', Dv) (all-ones video mask, no size bias).
+        """
+        fused = self.text_encoder.forward_fusion(text_hidden, text_mask, video_tokens)
+        return self.itm_head(fused[:, 0])
+
+
+def create_umt(name: str = "umt_b16", checkpoint: str | None = None, strict: bool = True, **vision_overrides: Any) -> UMT:
+    """Build a preset ("umt_b16", "umt_l16", "umt_tiny"), optionally loading an official checkpoint file.
+
+    vision_overrides: VisionConfig fields, e.g. num_frames=8, attention="explicit", ckpt_num_frames=8.
+    """
+    if name not in UMT_CONFIGS:
+        raise ValueError(f"unknown UMT preset {name!r}; choose one of {sorted(UMT_CONFIGS)}")
+    model = UMT(UMT_CONFIGS[name](**vision_overrides))
+    if checkpoint is not None:
+        from .checkpoint import load_umt_checkpoint
+
+        load_umt_checkpoint(model, checkpoint, strict=strict)
+    return model
