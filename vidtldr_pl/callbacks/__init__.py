@@ -1,0 +1,6 @@
+"""Lightning callbacks."""
+from .vidtldr import TokenMerging
+
+VidTLDRCallback = TokenMerging
+
+__all__ = ["TokenMerging", "VidTLDRCallback"]

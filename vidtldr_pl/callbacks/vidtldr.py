@@ -1,0 +1,78 @@
+"""Lightning callback that inserts token merging into the wrapped backbone at setup (and removes it at teardown).
+
+YAML (LightningCLI):
+    trainer:
+      callbacks:
+        - class_path: vidtldr_pl.callbacks.TokenMerging
+          init_args: {method: vidtldr, r: [600, 200, 100]}
+"""
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from ..merging import build_method, build_schedule, find_mergeable, patch, token_counts, unpatch
+
+log = logging.getLogger(__name__)
+
+
+class TokenMerging(Callback):
+    """Patch the LightningModule's backbone with a merge method.
+
+    Args:
+        method: "vidtldr", "tome", "random" or "none".
+        r: per-block list (e.g. [600, 200, 100]), or one count / fraction applied at ``layers``.
+        layers: block indices for a single r (None: every block, as ToMe).
+        trace_source: keep which input patches each token holds (for visualisation; costs memory).
+        attention: "fused" (default, no N x N map) or "explicit" (the official reference path); None keeps
+            what the backbone has.
+        method_options: extra keyword arguments of the method (e.g. {"metric": "hidden"} for ToMe).
+        target: attribute path of the module to patch (e.g. "model.vision_encoder"); default: the whole
+            LightningModule (every mergeable encoder in it).
+    """
+
+    def __init__(
+        self,
+        method: str = "vidtldr",
+        r: list[int | float] | int | float | str | None = None,
+        layers: list[int] | None = None,
+        trace_source: bool = False,
+        attention: str | None = "fused",
+        method_options: dict | None = None,
+        target: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.r = r
+        self.layers = layers
+        self.trace_source = trace_source
+        self.attention = attention
+        self.method_options = dict(method_options or {})
+        self.target = target
+        build_method(method, **self.method_options)  # fail at construction on a bad name or option
+
+    def _target(self, pl_module: pl.LightningModule) -> nn.Module:
+        module: nn.Module = pl_module
+        for name in (self.target or "").split("."):
+            if name:
+                if not hasattr(module, name):
+                    raise AttributeError(f"TokenMerging target {self.target!r}: {type(module).__name__} has no {name!r}")
+                module = getattr(module, name)
+        return module
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        module = self._target(pl_module)
+        patch(module, self.method, r=self.r, layers=self.layers, trace_source=self.trace_source, **self.method_options)
+        for encoder in find_mergeable(module):
+            if self.attention is not None and hasattr(encoder, "set_attention"):
+                encoder.set_attention(self.attention)
+            n = encoder.num_tokens
+            if n and self.method != "none":
+                schedule = build_schedule(self.r, len(encoder.blocks), self.layers)
+                log.info("token merging %s on %s: tokens per block %s", self.method, type(encoder).__name__, token_counts(schedule, n))
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        unpatch(self._target(pl_module))

@@ -1,0 +1,71 @@
+"""Print GFLOPs and tokens per layer of a UMT vision encoder with no merging, ToMe and vid-TLDR.
+
+    python -m vidtldr_pl.flops.report --model umt_b16 --frames 12 --r 600,200,100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ..backbones.umt import create_umt
+from ..merging import patch, unpatch
+from .counter import FlopReport, vision_flops
+
+
+def compact_tokens(counts: list[int]) -> str:
+    """[1752, 1552, 1452, 1452, 1452] -> "1752 1552 1452x3"."""
+    parts: list[list[int]] = []
+    for c in counts:
+        if parts and parts[-1][0] == c:
+            parts[-1][1] += 1
+        else:
+            parts.append([c, 1])
+    return " ".join(f"{c}x{n}" if n > 1 else str(c) for c, n in parts)
+
+
+def flops_table(model_name: str, frames: int, r: str, methods: list[str], attention: str, device: str) -> dict[str, FlopReport]:
+    with torch.device(device):
+        encoder = create_umt(model_name, num_frames=frames, attention=attention).vision_encoder
+    results = {}
+    for method in methods:
+        unpatch(encoder)
+        if method != "none":
+            patch(encoder, method, r=r)
+        results[method] = vision_flops(encoder, frames, encoder.cfg.img_size, device)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="umt_b16", help="umt_b16 | umt_l16 | umt_tiny")
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--r", default="600,200,100", help="per-layer r list (MSRVTT schedule by default)")
+    parser.add_argument("--methods", default="none,tome,vidtldr")
+    parser.add_argument("--attention", default="explicit", choices=["explicit", "fused"],
+                        help="explicit: saliency reuses the attention map (official); fused: adds the exact saliency pass")
+    parser.add_argument("--device", default="meta", help="meta counts shapes only; cpu/cuda run the model")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    results = flops_table(args.model, args.frames, args.r, args.methods.split(","), args.attention, args.device)
+    base = results.get("none")
+    table = Table(title=f"{args.model}, {args.frames} frames, r = [{args.r}], attention {args.attention}")
+    for col in ("method", "encoder GMACs (paper)", "merge GMACs", "total GFLOPs (torch)", "vs none", "tokens per layer"):
+        table.add_column(col, justify="left" if col in ("method", "tokens per layer") else "right")
+    for name, rep in results.items():
+        ratio = f"{base.flops / rep.flops:.2f}x" if base else "-"
+        table.add_row(name, f"{rep.encoder_gmacs:.1f}", f"{rep.merge_gmacs:.2f}", f"{rep.gflops:.1f}", ratio,
+                      compact_tokens(rep.tokens_per_layer))
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: {"encoder_gmacs": v.encoder_gmacs, "merge_gmacs": v.merge_gmacs, "gflops": v.gflops,
+                           "tokens_per_layer": v.tokens_per_layer} for k, v in results.items()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

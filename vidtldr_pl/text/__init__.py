@@ -1,0 +1,18 @@
+"""Caption cleaning (official ``pre_text``) and a pure-Python BERT WordPiece tokenizer."""
+from vidtldr_pl.text.cleaning import clean_caption, join_paragraph, pre_text
+from vidtldr_pl.text.tokenizer import (
+    SPECIAL_TOKENS,
+    BertWordPieceTokenizer,
+    build_vocab,
+    load_vocab,
+)
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "BertWordPieceTokenizer",
+    "build_vocab",
+    "clean_caption",
+    "join_paragraph",
+    "load_vocab",
+    "pre_text",
+]
