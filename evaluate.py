@@ -1,0 +1,13 @@
+"""Evaluate a LightningModule on a DataModule from a YAML config (LightningCLI): python evaluate.py --config X.yaml
+
+The config names model / data / trainer as class_path + init_args; token merging is the TokenMerging callback
+under trainer.callbacks. ``--config name.yaml`` also finds the file in configs/.
+"""
+from __future__ import annotations
+
+import sys
+
+from vidtldr_pl.cli import resolve_config_args, run_cli
+
+if __name__ == "__main__":
+    sys.exit(run_cli("validate", resolve_config_args(sys.argv[1:])))

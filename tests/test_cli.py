@@ -1,0 +1,41 @@
+"""evaluate.py: YAML config with the merging callback, command-line overrides, config lookup in configs/."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_with_merging_config(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+model: {class_path: cli_modules.TokenCounter}
+data: {class_path: cli_modules.TinyVideoData}
+trainer:
+  accelerator: cpu
+  logger: false
+  enable_progress_bar: false
+  callbacks:
+    - class_path: vidtldr_pl.callbacks.TokenMerging
+      init_args: {method: vidtldr, r: [16, 8]}
+""")
+    out = _run("--config", str(cfg))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "final_tokens" in out.stdout and "40.0" in out.stdout
+    out = _run("--config", str(cfg), "--trainer.callbacks.init_args.r=[16]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "48.0" in out.stdout
+
+
+def test_missing_config_is_a_short_message():
+    out = _run("--config", "no_such_config.yaml")
+    assert out.returncode != 0 and "config file not found: no_such_config.yaml" in out.stderr
+    assert "Traceback" not in out.stderr
