@@ -63,9 +63,8 @@ class MergeableEncoder(nn.Module):
 
 
 def find_mergeable(model: nn.Module) -> list[MergeableEncoder]:
-    """All MergeableEncoder modules in model (the model itself included), outermost first."""
-    found = [m for m in model.modules() if isinstance(m, MergeableEncoder)]
-    return [m for m in found if not any(o is not m and m in list(o.modules()) for o in found)]
+    """All MergeableEncoder modules in model (the model itself included)."""
+    return [m for m in model.modules() if isinstance(m, MergeableEncoder)]
 
 
 def patch(
