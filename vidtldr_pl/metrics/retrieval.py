@@ -7,11 +7,19 @@ Official definition (``tasks/retrieval_utils.py``), per query row ``score`` of a
 
 ``txt_r{1,5,10}`` = 100 * count(rank < K) / N over the video->text rows ("txt" = texts retrieved),
 ``img_r{1,5,10}`` the same over the text->video rows ("img" = video here), ``*_r_mean`` the mean of the three and
-``r_mean`` the mean of the two means. Ties matter: the ITM re-ranked matrices are filled with -100 outside each
-query's top-k, and fp16 ITM logits tie often, so the rank of a tied ground truth is whatever numpy's default
-(introsort / SIMD) argsort puts first. :func:`ranks_of_ground_truth` calls exactly that argsort on every row where the
-ground truth ties with another entry (or the row holds a NaN), and counts strictly larger scores elsewhere (which is
-the same number for any correct sort), so it equals the loop definition for the numpy it runs on.
+``r_mean`` the mean of the two means.
+
+Ties. The ITM re-ranked matrices are -100 outside each query's top-k and hold fp16 logits inside it, and the ITC
+matrices are fp16 cosines, so a ground truth often ties with other candidates; its rank is then whatever position
+numpy's unstable argsort gives it. That position depends on the numpy version: numpy < 1.25 (the official
+environment pins numpy 1.24.3) argsorts every dtype with the same scalar introsort, while numpy >= 1.25 (AVX-512)
+and >= 2.0 (AVX2) use SIMD argsorts for 32/64-bit dtypes that order ties differently. ``tie_order="official"``
+(default) reproduces the numpy < 1.25 order on any numpy: a row is replaced by its dense ranks (same comparisons,
+NaN = largest, -0.0 == 0.0) stored as uint16, whose argsort is still the scalar introsort (checked once at run time
+against a Python port of it, which is used instead if the check fails or a row has > 65536 candidates).
+``tie_order="numpy"`` calls the installed ``np.argsort`` on the values as given. Either way, a ground truth that
+ties with nothing (and sits in a NaN-free row) is ranked by counting larger scores, which every correct sort agrees
+with; only the other rows are sorted.
 
 Extra keys (not official): ``txt_MdR``, ``img_MdR`` = ``floor(median(rank0)) + 1`` and ``txt_MnR``, ``img_MnR`` =
 ``mean(rank0) + 1``, i.e. median / mean of the 1-based ranks as CLIP4Clip-style papers report them (the floor only
@@ -19,14 +27,16 @@ matters for an even number of queries whose two middle ranks differ).
 """
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
 GtEntry = int | Sequence[int]
+TieOrder = Literal["official", "numpy"]
 
 OFFICIAL_KEYS: tuple[str, ...] = (
     "txt_r1", "txt_r5", "txt_r10", "txt_r_mean", "img_r1", "img_r5", "img_r10", "img_r_mean", "r_mean",
@@ -61,8 +71,8 @@ class RetrievalGroundTruth(NamedTuple):
 def _to_numpy_scores(scores: torch.Tensor | np.ndarray, name: str) -> np.ndarray:
     if isinstance(scores, torch.Tensor):
         t = scores.detach().cpu()
-        if t.dtype in (torch.bfloat16, torch.float16):
-            t = t.float()  # exact; numpy has no bfloat16 and the official matrices are float32
+        if t.dtype == torch.bfloat16:
+            t = t.float()  # exact; numpy has no bfloat16 (float16 stays float16, as the official ITC matrices)
         arr = t.numpy()
     elif isinstance(scores, np.ndarray):
         arr = scores
@@ -79,7 +89,9 @@ def _is_index(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _flatten_gt(gt: Sequence[GtEntry], num_queries: int, num_candidates: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _flatten_gt(
+    gt: Sequence[GtEntry], num_queries: int, num_candidates: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(query index, candidate index) for every ground-truth pair, grouped by query in order."""
     if isinstance(gt, (str, bytes)) or not hasattr(gt, "__len__"):
         raise TypeError(f"{name} must be a sequence with one entry per query, got {type(gt).__name__}")
@@ -123,18 +135,148 @@ def _flatten_gt(gt: Sequence[GtEntry], num_queries: int, num_candidates: int, na
     return rows, cols
 
 
+# ------------------------------------------------------------------------------------- numpy < 1.25 argsort order
+_SMALL_QUICKSORT = 15  # numpy npysort_common.h
+
+
+def _legacy_aheapsort(v: list, a: list[int], lo: int, n: int) -> None:
+    """numpy ``aheapsort_`` on ``a[lo:lo+n]`` (1-based heap over offset ``lo - 1``), in place."""
+    off = lo - 1
+    for l in range(n >> 1, 0, -1):
+        tmp = a[off + l]
+        i, j = l, l << 1
+        while j <= n:
+            if j < n and v[a[off + j]] < v[a[off + j + 1]]:
+                j += 1
+            if v[tmp] < v[a[off + j]]:
+                a[off + i] = a[off + j]
+                i, j = j, j + j
+            else:
+                break
+        a[off + i] = tmp
+    while n > 1:
+        tmp = a[off + n]
+        a[off + n] = a[off + 1]
+        n -= 1
+        i, j = 1, 2
+        while j <= n:
+            if j < n and v[a[off + j]] < v[a[off + j + 1]]:
+                j += 1
+            if v[tmp] < v[a[off + j]]:
+                a[off + i] = a[off + j]
+                i, j = j, j + j
+            else:
+                break
+        a[off + i] = tmp
+
+
+def _legacy_argsort(v: Sequence) -> list[int]:
+    """Pure-Python port of numpy's scalar ``aquicksort_`` (introsort: median-of-3 quicksort, insertion sort below
+    16 elements, heapsort past depth 2*floor(log2 n)) -- ``np.argsort`` of numpy < 1.25 for every dtype.
+
+    ``v`` must hold NaN-free, totally ordered values (e.g. dense ranks).
+    """
+    v = list(v)
+    num = len(v)
+    a = list(range(num))
+    if num < 2:
+        return a
+    pl, pr = 0, num - 1
+    stack: list[tuple[int, int, int]] = []
+    cdepth = (num.bit_length() - 1) * 2
+    while True:
+        if cdepth < 0:
+            _legacy_aheapsort(v, a, pl, pr - pl + 1)
+        else:
+            while pr - pl > _SMALL_QUICKSORT:
+                pm = pl + ((pr - pl) >> 1)
+                if v[a[pm]] < v[a[pl]]:
+                    a[pm], a[pl] = a[pl], a[pm]
+                if v[a[pr]] < v[a[pm]]:
+                    a[pr], a[pm] = a[pm], a[pr]
+                if v[a[pm]] < v[a[pl]]:
+                    a[pm], a[pl] = a[pl], a[pm]
+                vp = v[a[pm]]
+                pi, pj = pl, pr - 1
+                a[pm], a[pj] = a[pj], a[pm]
+                while True:
+                    pi += 1
+                    while v[a[pi]] < vp:
+                        pi += 1
+                    pj -= 1
+                    while vp < v[a[pj]]:
+                        pj -= 1
+                    if pi >= pj:
+                        break
+                    a[pi], a[pj] = a[pj], a[pi]
+                a[pi], a[pr - 1] = a[pr - 1], a[pi]
+                cdepth -= 1
+                if pi - pl < pr - pi:
+                    stack.append((pi + 1, pr, cdepth))
+                    pr = pi - 1
+                else:
+                    stack.append((pl, pi - 1, cdepth))
+                    pl = pi + 1
+            for pi in range(pl + 1, pr + 1):  # insertion sort
+                vi = a[pi]
+                vp = v[vi]
+                pj = pi
+                while pj > pl and vp < v[a[pj - 1]]:
+                    a[pj] = a[pj - 1]
+                    pj -= 1
+                a[pj] = vi
+        if not stack:
+            return a
+        pl, pr, cdepth = stack.pop()
+
+
+@functools.cache
+def _uint16_argsort_is_legacy() -> bool:
+    """Whether this numpy still argsorts uint16 with the scalar introsort (no SIMD argsort for 16-bit types)."""
+    state = 12345
+    for n in (17, 40, 300, 1000):
+        vals = []
+        for _ in range(n):
+            state = (1103515245 * state + 12345) % (1 << 31)
+            vals.append((state >> 16) % 4)
+        arr = np.asarray(vals, dtype=np.uint16)
+        if np.argsort(arr).tolist() != _legacy_argsort(vals):
+            return False
+    return True
+
+
+def _dense_ranks(row: np.ndarray) -> np.ndarray:
+    """Order-preserving dense ranks of a 1-D row (ties equal, -0.0 == 0.0, all NaNs one largest value)."""
+    return np.unique(row, return_inverse=True)[1].reshape(-1)
+
+
+def official_argsort(row: np.ndarray) -> np.ndarray:
+    """``np.argsort(row)`` exactly as numpy < 1.25 (the official environment, numpy 1.24.3) orders it, ties included."""
+    ranks = _dense_ranks(np.asarray(row))
+    if ranks.size <= 65536 and _uint16_argsort_is_legacy():
+        return np.argsort(ranks.astype(np.uint16))
+    return np.asarray(_legacy_argsort(ranks.tolist()), dtype=np.intp)
+
+
 # ------------------------------------------------------------------------------------------------------------ ranks
-def ranks_of_ground_truth(scores: torch.Tensor | np.ndarray, gt: Sequence[GtEntry]) -> np.ndarray:
+def ranks_of_ground_truth(
+    scores: torch.Tensor | np.ndarray, gt: Sequence[GtEntry], tie_order: TieOrder = "official"
+) -> np.ndarray:
     """0-based rank of the best ground truth of every query, exactly as the official ``itm_eval`` loop.
 
     Args:
-        scores: (Nq, Nc) similarity of each query (row) to each candidate (column); higher is better. Used in
-            the dtype given (float16 / bfloat16 tensors are upcast to float32, exactly).
+        scores: (Nq, Nc) similarity of each query (row) to each candidate (column); higher is better.
+            Tensors become numpy arrays of the same dtype (bfloat16 -> float32, exact); arrays are used as given.
         gt: Nq entries, each a candidate index or a non-empty sequence of candidate indices.
+        tie_order: ``"official"`` = ties ordered as numpy < 1.25 orders them (the official runs);
+            ``"numpy"`` = as the installed numpy's ``np.argsort`` orders them (see the module docstring).
 
     Returns:
         (Nq,) int64 array: position of the ground truth in ``np.argsort(row)[::-1]``, the minimum over several.
     """
+    if tie_order not in ("official", "numpy"):
+        raise ValueError(f"tie_order = {tie_order!r}: use 'official' or 'numpy'")
+    argsort = official_argsort if tie_order == "official" else np.argsort
     s = _to_numpy_scores(scores, "scores")
     nq, nc = s.shape
     if nq == 0 or nc == 0:
@@ -154,7 +296,7 @@ def ranks_of_ground_truth(scores: torch.Tensor | np.ndarray, gt: Sequence[GtEntr
         pair_rank[start:start + block] = np.count_nonzero(sub > g, axis=1)
         needs_sort[start:start + block] = (np.count_nonzero(sub == g, axis=1) != 1) | row_has_nan[r]
 
-    # Exact path: the official argsort, on each row that has a tied (or NaN) ground truth.
+    # Exact path: the argsort itself, on each row that has a tied (or NaN) ground truth.
     if needs_sort.any():
         idx = np.flatnonzero(needs_sort)
         position = np.empty(nc, dtype=np.int64)
@@ -163,7 +305,7 @@ def ranks_of_ground_truth(scores: torch.Tensor | np.ndarray, gt: Sequence[GtEntr
         for k in idx:  # idx is ordered by row, so each row is sorted once
             q = int(rows[k])
             if q != prev_row:
-                position[np.argsort(s[q])] = descending_pos
+                position[argsort(s[q])] = descending_pos
                 prev_row = q
             pair_rank[k] = position[cols[k]]
 
@@ -196,6 +338,7 @@ def retrieval_metrics(
     v2t_gt: Sequence[GtEntry],
     t2v_gt: Sequence[GtEntry],
     decimals: int | None = None,
+    tie_order: TieOrder = "official",
 ) -> dict[str, float]:
     """Official ``itm_eval`` metrics plus median / mean rank.
 
@@ -205,6 +348,7 @@ def retrieval_metrics(
         v2t_gt: Nv entries, the matching text index / indices of each video (official ``img2txt``).
         t2v_gt: Nt entries, the matching video index / indices of each text (official ``txt2img``).
         decimals: round every value like the official report (``round(v, 2)``); None keeps full precision.
+        tie_order: how tied scores are ordered, see :func:`ranks_of_ground_truth`.
 
     Returns:
         ``txt_r1, txt_r5, txt_r10, txt_r_mean, img_r1, img_r5, img_r10, img_r_mean, r_mean`` (percent; "txt" =
@@ -222,8 +366,8 @@ def retrieval_metrics(
         raise ValueError(f"v2t_gt has {len(v2t_gt)} entries but scores_v2t has {sv.shape[0]} video rows")
     if len(t2v_gt) != st.shape[0]:
         raise ValueError(f"t2v_gt has {len(t2v_gt)} entries but scores_t2v has {st.shape[0]} text rows")
-    txt = _direction_metrics(ranks_of_ground_truth(sv, v2t_gt), "txt")
-    img = _direction_metrics(ranks_of_ground_truth(st, t2v_gt), "img")
+    txt = _direction_metrics(ranks_of_ground_truth(sv, v2t_gt, tie_order), "txt")
+    img = _direction_metrics(ranks_of_ground_truth(st, t2v_gt, tie_order), "img")
     out = {k: (txt if k.startswith("txt") else img)[k] for k in OFFICIAL_KEYS if k != "r_mean"}
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
     out = {k: out[k] for k in OFFICIAL_KEYS}

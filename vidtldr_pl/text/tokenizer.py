@@ -1,18 +1,30 @@
 """A pure-Python BERT WordPiece tokenizer reproducing HF ``BertTokenizer`` (the Python "slow" one).
 
+Two flavors (``flavor=``):
+
+* ``"hf"`` (default): HF ``BertTokenizer`` (slow, checked against transformers 4.32.1 and 4.57.6):
+  ``[CLS] pieces [SEP]``, NFC step.
+* ``"umt"``: the tokenizer the official UMT / vid-TLDR code actually runs, ``models/backbones/bert/
+  tokenization_bert.py`` -- an ALBEF-era copy of the HF class (via Singularity / VINDLU) whose
+  ``build_inputs_with_special_tokens`` returns ``[CLS] X`` for a single text: **no trailing [SEP]**; truncation keeps
+  ``max_length - 1`` word pieces. Its BasicTokenizer also predates the NFC step (a no-op when lower-casing, since
+  accent stripping applies NFD anyway; it only matters with ``do_lower_case=False``). Checkpoints fine-tuned by the
+  official code saw texts without ``[SEP]``, so use this flavor to reproduce official features and scores.
+
 Pipeline per text (as ``PreTrainedTokenizer.tokenize`` + ``BertTokenizer._tokenize``):
 
 1. special-token strings present in the text (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[UNK]``, ``[MASK]``, exact case) are
    split out and kept whole; the rest is lower-cased one character at a time (so a final capital sigma becomes
    ``σ``, not ``ς``);
 2. BasicTokenizer: drop NUL, U+FFFD and control characters (Unicode category C*, except tab / newline / CR), map
-   whitespace (space, tab, newline, CR, category Zs) to spaces, put spaces around CJK ideographs, NFC-normalise,
-   split on whitespace; per word: lower-case, strip accents (NFD, drop category Mn), split off every punctuation
-   character (ASCII 33-47, 58-64, 91-96, 123-126, or category P*);
+   whitespace (space, tab, newline, CR, category Zs) to spaces, put spaces around CJK ideographs, NFC-normalise
+   (``"hf"`` only), split on whitespace; per word: lower-case, strip accents (NFD, drop category Mn), split off
+   every punctuation character (ASCII 33-47, 58-64, 91-96, 123-126, or category P*);
 3. WordPiece: greedy longest-match-first with ``##`` continuations; a word longer than 100 characters, or one that
    cannot be covered, becomes ``[UNK]``.
 
-``__call__`` adds ``[CLS] ... [SEP]``, truncates the word pieces (never the ``[SEP]``) and pads on the right.
+``__call__`` adds ``[CLS] ... [SEP]`` (``"umt"``: ``[CLS] ...``), truncates word pieces (never the special tokens)
+and pads on the right.
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -29,6 +42,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
 REQUIRED_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP)
 VOCAB_FILE = "vocab.txt"
+Flavor = Literal["hf", "umt"]
 
 _CACHE_LIMIT = 1 << 18  # distinct raw words remembered before the cache is cleared
 
@@ -169,18 +183,19 @@ def build_vocab(texts: Iterable[str], min_freq: int = 1, lower_case: bool = True
 class _BasicTokenizer:
     """HF ``BasicTokenizer`` (never_split handled by the caller), with a per-word cache."""
 
-    def __init__(self, do_lower_case: bool = True, tokenize_chinese_chars: bool = True) -> None:
+    def __init__(self, do_lower_case: bool = True, tokenize_chinese_chars: bool = True, nfc: bool = True) -> None:
         self.do_lower_case = do_lower_case
         self.tokenize_chinese_chars = tokenize_chinese_chars
+        self.nfc = nfc
 
     def words(self, text: str) -> list[str]:
-        """Whitespace-separated words after (char-wise lower-casing,) cleaning, CJK spacing and NFC."""
+        """Whitespace-separated words after (char-wise lower-casing,) cleaning, CJK spacing and (NFC)."""
         if self.do_lower_case:
             text = _lower(text)  # PreTrainedTokenizer.tokenize, before the BasicTokenizer
         text = _clean_text(text)
         if self.tokenize_chinese_chars:
             text = _tokenize_chinese_chars(text)
-        if not text.isascii():
+        if self.nfc and not text.isascii():
             text = unicodedata.normalize("NFC", text)
         return text.split()
 
@@ -199,6 +214,8 @@ class BertWordPieceTokenizer:
 
     Args:
         vocab: token -> id (as read from ``vocab.txt``) or a token list (id = position).
+        flavor: ``"hf"`` (HF BertTokenizer: ``[CLS] ... [SEP]``) or ``"umt"`` (official UMT: ``[CLS] ...``, no NFC);
+            see the module docstring.
         do_lower_case: lower-case and strip accents (``bert-base-uncased`` / ``bert-large-uncased``).
         tokenize_chinese_chars: put spaces around CJK ideographs.
         max_input_chars_per_word: longer words become ``[UNK]``.
@@ -208,6 +225,7 @@ class BertWordPieceTokenizer:
     def __init__(
         self,
         vocab: "OrderedDict[str, int] | dict[str, int] | Sequence[str]",
+        flavor: Flavor = "hf",
         do_lower_case: bool = True,
         tokenize_chinese_chars: bool = True,
         max_input_chars_per_word: int = 100,
@@ -219,6 +237,10 @@ class BertWordPieceTokenizer:
             self.vocab = {}
             for i, tok in enumerate(vocab):
                 self.vocab[tok] = i
+        if flavor not in ("hf", "umt"):
+            raise ValueError(f"flavor = {flavor!r}: use 'hf' (HF BertTokenizer) or 'umt' (official UMT, no [SEP])")
+        self.flavor = flavor
+        self.append_sep = flavor == "hf"
         missing = [t for t in REQUIRED_TOKENS if t not in self.vocab]
         if missing:
             raise ValueError(f"vocab lacks the special token(s) {missing} (needs {list(REQUIRED_TOKENS)})")
@@ -226,7 +248,7 @@ class BertWordPieceTokenizer:
         self.do_lower_case = do_lower_case
         self.max_input_chars_per_word = max_input_chars_per_word
         self.model_max_length = model_max_length
-        self._basic = _BasicTokenizer(do_lower_case, tokenize_chinese_chars)
+        self._basic = _BasicTokenizer(do_lower_case, tokenize_chinese_chars, nfc=flavor == "hf")
         self.special_tokens = list(SPECIAL_TOKENS)  # split out of texts even if absent from the vocab (-> [UNK])
         self._special_re = re.compile("(" + "|".join(re.escape(t) for t in self.special_tokens) + ")")
         self._cache: dict[str, tuple[int, ...]] = {}
@@ -382,7 +404,7 @@ class BertWordPieceTokenizer:
         return out
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of one text (``[CLS] ... [SEP]`` if ``add_special_tokens``), not truncated."""
+        """Token ids of one text (``[CLS] ... [SEP]``, flavor ``"umt"``: ``[CLS] ...``), not truncated."""
         ids: list[int] = []
         for chunk, special in self._chunks(text):
             if special:
@@ -391,7 +413,7 @@ class BertWordPieceTokenizer:
                 for w in self._basic.words(chunk):
                     ids.extend(self._word_ids(w))
         if add_special_tokens:
-            return [self.cls_token_id, *ids, self.sep_token_id]
+            return [self.cls_token_id, *ids, self.sep_token_id] if self.append_sep else [self.cls_token_id, *ids]
         return ids
 
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
@@ -423,12 +445,13 @@ class BertWordPieceTokenizer:
             max_length: L for ``padding="max_length"`` and the truncation limit (``model_max_length`` if None
                 while truncating); includes ``[CLS]`` and ``[SEP]``.
             padding: ``"max_length"`` (pad every row to ``max_length``) or ``"longest"`` / True (to the longest row).
-            truncation: drop word pieces from the end so that rows fit ``max_length``; ``[SEP]`` stays last.
+            truncation: drop word pieces from the end so that rows fit ``max_length``; ``[SEP]`` stays last
+                (flavor ``"umt"``: rows are ``[CLS]`` + at most ``max_length - 1`` pieces, no ``[SEP]``).
             return_tensors: ``"pt"`` (the only supported value; None is accepted and means the same).
 
         Returns:
             ``input_ids`` (B, L) and ``attention_mask`` (B, L), both int64; rows are ``[CLS] pieces [SEP] [PAD]...``
-            with mask 1 up to and including ``[SEP]``.
+            (``"umt"``: ``[CLS] pieces [PAD]...``) with mask 1 on every non-pad position.
         """
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors = {return_tensors!r}: only 'pt' is supported")
@@ -442,17 +465,19 @@ class BertWordPieceTokenizer:
             max_length = self.model_max_length
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length")
-        if max_length is not None and max_length < 2 and (truncation or padding == "max_length"):
-            raise ValueError(f"max_length = {max_length}: must be >= 2 to hold [CLS] and [SEP]")
+        n_special = 2 if self.append_sep else 1
+        if max_length is not None and max_length < n_special and (truncation or padding == "max_length"):
+            raise ValueError(f"max_length = {max_length}: must be >= {n_special} to hold the special tokens")
         cls_id, sep_id, pad_id = self.cls_token_id, self.sep_token_id, self.pad_token_id
+        tail = [sep_id] if self.append_sep else []
         rows: list[list[int]] = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
             ids = self.encode(text, add_special_tokens=False)
-            if truncation and len(ids) > max_length - 2:
-                ids = ids[: max_length - 2]
-            rows.append([cls_id, *ids, sep_id])
+            if truncation and len(ids) > max_length - n_special:
+                ids = ids[: max_length - n_special]
+            rows.append([cls_id, *ids, *tail])
         if not rows:
             raise ValueError("texts is empty")
         longest = max(len(r) for r in rows)
