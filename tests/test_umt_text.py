@@ -13,20 +13,12 @@ import torch
 from vidtldr_pl.backbones.umt.text import TextEncoderConfig, UMTTextEncoder
 
 PREFIX = "text_encoder."
-_REPO = Path(__file__).resolve().parents[1]
-_REF_CANDIDATES = [
-    Path(os.environ.get("VIDTLDR_REFERENCE_DIR", "/nonexistent")),
-    _REPO.parent / "shared" / "reference",
-    _REPO / "shared" / "reference",
-]
-
-
 def _manifest() -> dict:
-    for d in _REF_CANDIDATES:
-        f = d / "umt_state_dict_keys.json"
-        if f.is_file():
-            return json.loads(f.read_text())
-    pytest.skip("shared/reference/umt_state_dict_keys.json not found (set VIDTLDR_REFERENCE_DIR)")
+    from conftest import REFERENCE
+
+    f = REFERENCE / "umt_state_dict_keys.json"
+    assert f.is_file(), f"{f} not found (set VIDTLDR_REFERENCE)"
+    return json.loads(f.read_text())
 
 
 def small_cfg(**kw) -> TextEncoderConfig:
