@@ -1,0 +1,273 @@
+"""LightningDataModules for text-video retrieval: one generic module and the benchmark presets.
+
+Batches: evaluation ``{"video": (B, T, 3, H, W) float, "video_index": (B,) long}``; training adds one caption per
+sample (``input_ids``, ``attention_mask`` (B, L)). For evaluation the module also exposes the whole text side of
+the split (``eval_texts``) and the ground truth (``txt2vid``, ``vid2txt``, ``num_videos``).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from vidtldr_pl.text import BertWordPieceTokenizer
+
+from .annotations import RetrievalIndex, build_index, read_annotations
+from .transforms import VideoTestTransform, VideoTrainTransform
+from .video import VideoDecoder
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalVideoDataset(Dataset):
+    """Decodes video i of an index: {"video": (T, 3, H, W), "video_index": i} (None when skipped)."""
+
+    def __init__(self, videos: list[str], decoder: VideoDecoder, transform, train: bool = False, seed: int = 0) -> None:
+        self.videos, self.decoder, self.transform, self.train, self.seed = videos, decoder, transform, train, seed
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def load(self, i: int) -> torch.Tensor | None:
+        rng = random.Random() if self.train else None
+        clip = self.decoder(self.videos[i], rng=rng)
+        if clip is None:
+            return None
+        return self.transform(clip.frames)
+
+    def __getitem__(self, i: int) -> dict | None:
+        video = self.load(i)
+        return None if video is None else {"video": video, "video_index": i}
+
+
+class RetrievalTrainDataset(RetrievalVideoDataset):
+    """One sample per caption: video, its caption tokens and the video index (for VTM hard negatives)."""
+
+    def __init__(self, index: RetrievalIndex, decoder: VideoDecoder, transform, tokens: dict[str, torch.Tensor]) -> None:
+        super().__init__(index.videos, decoder, transform, train=True)
+        self.txt2vid = [t if isinstance(t, int) else t[0] for t in index.txt2vid]
+        self.tokens = tokens
+
+    def __len__(self) -> int:
+        return len(self.txt2vid)
+
+    def __getitem__(self, t: int) -> dict | None:
+        v = self.txt2vid[t]
+        video = self.load(v)
+        if video is None:
+            return None
+        return {"video": video, "video_index": v, "input_ids": self.tokens["input_ids"][t],
+                "attention_mask": self.tokens["attention_mask"][t]}
+
+
+def collate_skipping(batch: list[dict | None]) -> dict | None:
+    """default_collate without the samples a skip policy dropped (None)."""
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
+
+
+class VideoTextRetrievalDataModule(pl.LightningDataModule):
+    """Any video-text retrieval set: an annotation file (JSON / JSONL / CSV / parquet / hf://name) + a video root.
+
+    Args:
+        test_annotation / val_annotation / train_annotation: annotation files (val falls back to test).
+        video_root: folder the annotation's video paths are relative to.
+        tokenizer: a directory with vocab.txt or a hub name (bert-base-uncased for UMT-B, bert-large-uncased for L).
+        tokenizer_flavor: "umt" (official: [CLS] text, no [SEP]) or "hf".
+        max_txt_len: caption length in tokens. paragraph: join all captions of a video (ActivityNet, DiDeMo).
+        has_multi_vision_gt: one caption matches several videos (SSv2). trimmed30: first 30 s only (DiDeMo).
+        sample_test / sample_train: frame sampling ("middle" / "rand", as official).
+        skip_errors: log and drop unreadable videos instead of failing (the default is to fail, naming the file).
+    """
+
+    def __init__(
+        self,
+        test_annotation: str,
+        video_root: str,
+        val_annotation: str | None = None,
+        train_annotation: str | None = None,
+        tokenizer: str = "bert-base-uncased",
+        tokenizer_flavor: str = "umt",
+        max_txt_len: int = 32,
+        num_frames: int = 12,
+        img_size: int = 224,
+        paragraph: bool = False,
+        has_multi_vision_gt: bool = False,
+        trimmed30: bool = False,
+        sample_test: str = "middle",
+        sample_train: str = "rand",
+        batch_size: int = 32,
+        eval_batch_size: int = 16,
+        num_workers: int = 4,
+        skip_errors: bool = False,
+        video_key: str = "video",
+        caption_key: str = "caption",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.indices: dict[str, RetrievalIndex] = {}
+        self._tokenizer: BertWordPieceTokenizer | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _annotation(self, stage: str) -> str | None:
+        h = self.hparams
+        return {"fit": h.train_annotation, "validate": h.val_annotation or h.test_annotation, "test": h.test_annotation}[stage]
+
+    def check_paths(self, stages: tuple[str, ...] = ("test",)) -> None:
+        """Fail early with a short message when the data is missing."""
+        root = Path(self.hparams.video_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"video root not found: {root} ({self.describe_source()})")
+        for stage in stages:
+            ann = self._annotation(stage)
+            if ann is not None and not str(ann).startswith("hf://") and not Path(ann).is_file():
+                raise FileNotFoundError(f"annotation file not found: {ann} ({self.describe_source()})")
+
+    def describe_source(self) -> str:
+        return "point video_root / *_annotation at your copy of the data"
+
+    @property
+    def tokenizer(self) -> BertWordPieceTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer, flavor=self.hparams.tokenizer_flavor)
+        return self._tokenizer
+
+    def index(self, stage: str) -> RetrievalIndex:
+        """The (cached) index of a stage: "fit", "validate" or "test"."""
+        key = "validate" if stage in ("validate", "val") else stage
+        if key not in self.indices:
+            ann = self._annotation(key)
+            if ann is None:
+                raise ValueError(f"no annotation file configured for stage {key!r}")
+            h = self.hparams
+            entries = read_annotations(ann, h.video_key, h.caption_key)
+            self.indices[key] = build_index(entries, h.video_root, h.paragraph, h.has_multi_vision_gt)
+        return self.indices[key]
+
+    def setup(self, stage: str) -> None:
+        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("test",), "predict": ("test",)}[stage]
+        self.check_paths(stages)
+        for s in stages:
+            if self._annotation(s) is not None:
+                self.index(s)
+
+    # ------------------------------------------------------------------ evaluation contract
+    def _eval_stage(self) -> str:
+        trainer = getattr(self, "trainer", None)
+        return "test" if trainer is not None and trainer.testing else "validate"
+
+    def eval_texts(self, stage: str | None = None) -> dict[str, torch.Tensor]:
+        """All captions of the evaluation split, tokenized: input_ids / attention_mask (Nt, L)."""
+        return self.tokenizer(self.index(stage or self._eval_stage()).texts, max_length=self.hparams.max_txt_len)
+
+    @property
+    def txt2vid(self) -> list[int | list[int]]:
+        return self.index(self._eval_stage()).txt2vid
+
+    @property
+    def vid2txt(self) -> list[list[int] | int]:
+        return self.index(self._eval_stage()).vid2txt
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.index(self._eval_stage()).videos)
+
+    # ------------------------------------------------------------------ loaders
+    def _decoder(self, train: bool) -> VideoDecoder:
+        h = self.hparams
+        return VideoDecoder(num_frames=h.num_frames, sample=h.sample_train if train else h.sample_test,
+                            trimmed30=h.trimmed30, skip_errors=h.skip_errors)
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        dataset = RetrievalVideoDataset(self.index(stage).videos, self._decoder(False), VideoTestTransform(self.hparams.img_size))
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers,
+                          collate_fn=collate_skipping)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def train_dataloader(self) -> DataLoader:
+        index = self.index("fit")
+        tokens = self.tokenizer(index.texts, max_length=self.hparams.max_txt_len)
+        dataset = RetrievalTrainDataset(index, self._decoder(True), VideoTrainTransform(self.hparams.img_size), tokens)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_skipping,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+
+# ---------------------------------------------------------------------- benchmark presets
+# (annotation file stem for test, for train, max_txt_len, paragraph, has_multi_vision_gt, trimmed30)
+PRESETS = {
+    "msrvtt": ("msrvtt_ret_test1k", "msrvtt_ret_train9k", 32, False, False, False),
+    "msvd": ("msvd_ret_test", "msvd_ret_train", 64, False, False, False),
+    "didemo": ("didemo_ret_test", "didemo_ret_train", 64, True, False, True),
+    "anet": ("anet_ret_val", "anet_ret_train", 150, True, False, False),
+    "lsmdc": ("lsmdc_ret_test_1000", "lsmdc_ret_train_plus_val", 96, False, False, False),
+    "ssv2_label": ("ssv2_ret_label_val_small", "ssv2_ret_label_train", 25, False, True, False),
+    "ssv2_template": ("ssv2_ret_template_val_small", "ssv2_ret_template_train", 25, False, True, False),
+}
+
+
+class PresetRetrievalDataModule(VideoTextRetrievalDataModule):
+    """A benchmark in the UMT / VINDLU layout: <data_root>/<anno_dir>/<stem>.json annotations and the videos
+    under <data_root>/<video_dir>. Subclasses set ``preset`` (a key of PRESETS) and ``title``.
+
+    Args:
+        data_root: the dataset folder. anno_dir / video_dir: sub-folders. max_txt_len: None = the official value.
+        **kwargs: any argument of VideoTextRetrievalDataModule (batch_size, num_frames, tokenizer, ...).
+    """
+
+    preset = "msrvtt"
+    title = "MSRVTT"
+
+    def __init__(self, data_root: str, anno_dir: str = "anno_downstream", video_dir: str = "videos",
+                 max_txt_len: int | None = None, **kwargs) -> None:
+        test_stem, train_stem, max_len, paragraph, multi_vision, trimmed = PRESETS[self.preset]
+        root = Path(data_root)
+        kwargs.setdefault("test_annotation", str(root / anno_dir / f"{test_stem}.json"))
+        kwargs.setdefault("train_annotation", str(root / anno_dir / f"{train_stem}.json"))
+        kwargs.setdefault("video_root", str(root / video_dir))
+        kwargs.setdefault("paragraph", paragraph)
+        kwargs.setdefault("has_multi_vision_gt", multi_vision)
+        kwargs.setdefault("trimmed30", trimmed)
+        super().__init__(max_txt_len=max_txt_len or max_len, **kwargs)
+
+    def describe_source(self) -> str:
+        stem = PRESETS[self.preset][0]
+        return (f"{self.title}: put the videos under <data_root>/videos and the UMT annotation files ({stem}.json, "
+                "...) under <data_root>/anno_downstream; both are described in the README")
+
+
+class MSRVTTDataModule(PresetRetrievalDataModule):
+    preset, title = "msrvtt", "MSRVTT"
+
+
+class MSVDDataModule(PresetRetrievalDataModule):
+    preset, title = "msvd", "MSVD"
+
+
+class DiDeMoDataModule(PresetRetrievalDataModule):
+    preset, title = "didemo", "DiDeMo"
+
+
+class ActivityNetDataModule(PresetRetrievalDataModule):
+    preset, title = "anet", "ActivityNet"
+
+
+class LSMDCDataModule(PresetRetrievalDataModule):
+    preset, title = "lsmdc", "LSMDC"
+
+
+class SSv2LabelDataModule(PresetRetrievalDataModule):
+    preset, title = "ssv2_label", "SSv2-Label"
+
+
+class SSv2TemplateDataModule(PresetRetrievalDataModule):
+    preset, title = "ssv2_template", "SSv2-Template"
