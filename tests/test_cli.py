@@ -39,3 +39,17 @@ def test_missing_config_is_a_short_message():
     out = _run("--config", "no_such_config.yaml")
     assert out.returncode != 0 and "config file not found: no_such_config.yaml" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_missing_data_root_is_a_short_message(tmp_path):
+    cfg = tmp_path / "msrvtt_missing.yaml"
+    cfg.write_text(f"""
+model: {{class_path: cli_modules.TokenCounter}}
+data:
+  class_path: data_modules.retrieval.MSRVTTDataModule
+  init_args: {{data_root: {tmp_path / "no_msrvtt"}}}
+trainer: {{accelerator: cpu, logger: false}}
+""")
+    out = _run("--config", str(cfg))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: video root not found" in out.stderr and "MSRVTT" in out.stderr and "Traceback" not in out.stderr

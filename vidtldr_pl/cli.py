@@ -1,6 +1,7 @@
 """Shared LightningCLI plumbing of train.py and evaluate.py (no logic of its own beyond config lookup)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -31,10 +32,20 @@ def resolve_config_args(argv: list[str]) -> list[str]:
 
 
 def run_cli(stage: str, argv: list[str]) -> int:
-    """Build model, data and trainer from argv; run trainer.<stage> ("fit", "validate" or "test")."""
-    cli = LightningCLI(
-        pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        run=False, save_config_callback=None, args=argv,
-    )
-    getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
+    """Build model, data and trainer from argv; run trainer.<stage> ("fit", "validate" or "test").
+
+    Missing or malformed inputs (data, annotations, checkpoints) end with a short message and exit code 2.
+    """
+    from data_modules.annotations import AnnotationError
+    from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
+
+    try:
+        cli = LightningCLI(
+            pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            run=False, save_config_callback=None, args=argv,
+        )
+        getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
+    except (FileNotFoundError, CheckpointError, AnnotationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
