@@ -227,17 +227,29 @@ class PresetRetrievalDataModule(VideoTextRetrievalDataModule):
     preset = "msrvtt"
     title = "MSRVTT"
 
-    def __init__(self, data_root: str, anno_dir: str = "anno_downstream", video_dir: str = "videos",
-                 max_txt_len: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        data_root: str,
+        anno_dir: str = "anno_downstream",
+        video_dir: str = "videos",
+        max_txt_len: int | None = None,
+        test_annotation: str | None = None,
+        train_annotation: str | None = None,
+        video_root: str | None = None,
+        **kwargs,
+    ) -> None:
         test_stem, train_stem, max_len, paragraph, multi_vision, trimmed = PRESETS[self.preset]
         root = Path(data_root)
-        kwargs.setdefault("test_annotation", str(root / anno_dir / f"{test_stem}.json"))
-        kwargs.setdefault("train_annotation", str(root / anno_dir / f"{train_stem}.json"))
-        kwargs.setdefault("video_root", str(root / video_dir))
-        kwargs.setdefault("paragraph", paragraph)
-        kwargs.setdefault("has_multi_vision_gt", multi_vision)
-        kwargs.setdefault("trimmed30", trimmed)
-        super().__init__(max_txt_len=max_txt_len or max_len, **kwargs)
+        super().__init__(
+            test_annotation=test_annotation or str(root / anno_dir / f"{test_stem}.json"),
+            train_annotation=train_annotation or str(root / anno_dir / f"{train_stem}.json"),
+            video_root=video_root or str(root / video_dir),
+            max_txt_len=max_txt_len or max_len,
+            paragraph=paragraph,
+            has_multi_vision_gt=multi_vision,
+            trimmed30=trimmed,
+            **kwargs,
+        )
 
     def describe_source(self) -> str:
         stem = PRESETS[self.preset][0]
