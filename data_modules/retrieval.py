@@ -283,3 +283,48 @@ class SSv2LabelDataModule(PresetRetrievalDataModule):
 
 class SSv2TemplateDataModule(PresetRetrievalDataModule):
     preset, title = "ssv2_template", "SSv2-Template"
+
+
+class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
+    """The embedded benchmark (data_modules.synthetic), generated into cache_dir on first use from the seed.
+
+    Args: seed, num_train / num_val / num_test videos, frames and size of the written clips; everything else as
+    VideoTextRetrievalDataModule (num_frames sampled per clip, img_size, batch sizes, workers, ...).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str = ".cache/synthetic",
+        seed: int = 0,
+        num_train: int = 4000,
+        num_val: int = 200,
+        num_test: int = 500,
+        clip_frames: int = 16,
+        clip_size: int = 128,
+        max_txt_len: int = 24,
+        num_frames: int = 8,
+        img_size: int = 112,
+        **kwargs,
+    ) -> None:
+        self.synthetic = (cache_dir, seed, {"train": num_train, "val": num_val, "test": num_test}, clip_frames, clip_size)
+        root = Path(cache_dir) / "pending"
+        super().__init__(
+            test_annotation=str(root / "anno" / "test.json"), video_root=str(root / "videos"),
+            val_annotation=str(root / "anno" / "val.json"), train_annotation=str(root / "anno" / "train.json"),
+            tokenizer=str(root / "tokenizer"), tokenizer_flavor="umt", max_txt_len=max_txt_len,
+            num_frames=num_frames, img_size=img_size, **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        from .synthetic import SyntheticConfig, ensure_dataset
+
+        cache_dir, seed, sizes, frames, size = self.synthetic
+        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), sizes)
+        h = self.hparams
+        h.test_annotation, h.val_annotation = str(out / "anno" / "test.json"), str(out / "anno" / "val.json")
+        h.train_annotation = str(out / "anno" / "train.json") if sizes["train"] else None
+        h.video_root, h.tokenizer = str(out / "videos"), str(out / "tokenizer")
+
+    def setup(self, stage: str) -> None:
+        self.prepare_data()  # idempotent: resolves the generated paths in every process
+        super().setup(stage)

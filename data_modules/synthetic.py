@@ -145,3 +145,19 @@ def vocabulary() -> list[str]:
     """Every word the caption grammar can produce, plus BERT's special tokens first ([PAD] = 0)."""
     words = {"a", "and", *SHAPES, *COLOURS, *SIZES, *MOTIONS, *VERBS}
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+
+
+def ensure_dataset(root: str | Path, cfg: SyntheticConfig, sizes: dict[str, int]) -> Path:
+    """Generate (once) every split of sizes {split: num_videos} and a vocab.txt under root/<config key>/."""
+    key = f"seed{cfg.seed}_f{cfg.frames}_s{cfg.size}_o{cfg.max_objects}_d{cfg.distractors}_" + "_".join(
+        f"{k}{v}" for k, v in sorted(sizes.items()))
+    out = Path(root) / key
+    done = out / "DONE"
+    if not done.exists():
+        for split, n in sizes.items():
+            if n > 0:
+                generate_split(out, split, n, cfg)
+        (out / "tokenizer").mkdir(parents=True, exist_ok=True)
+        (out / "tokenizer" / "vocab.txt").write_text("\n".join(vocabulary()) + "\n")
+        done.write_text(json.dumps({"config": asdict(cfg), "sizes": sizes}))
+    return out
