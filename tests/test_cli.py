@@ -53,3 +53,10 @@ trainer: {{accelerator: cpu, logger: false}}
     out = _run("--config", str(cfg))
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: video root not found" in out.stderr and "MSRVTT" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_msrvtt_config_without_checkpoint_or_data_is_a_short_message(tmp_path):
+    out = _run("--config", "msrvtt_umt.yaml", f"--data.init_args.data_root={tmp_path}")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: checkpoint file not found: checkpoints/umt_b16_msrvtt_ft.pth" in out.stderr
+    assert "MODEL_ZOO" in out.stderr and "Traceback" not in out.stderr

@@ -8,6 +8,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CHECKPOINT_HINT = (
+    "official fine-tuned UMT checkpoints are linked from the UMT / vid-TLDR repositories' MODEL_ZOO; pass the file "
+    "with --model.init_args.checkpoint=/path/to/file.pth"
+)
 
 
 def resolve_config_args(argv: list[str]) -> list[str]:
@@ -45,7 +49,13 @@ def run_cli(stage: str, argv: list[str]) -> int:
             run=False, save_config_callback=None, args=argv,
         )
         getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
-    except (FileNotFoundError, CheckpointError, AnnotationError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        hint = f" ({CHECKPOINT_HINT})" if isinstance(cause, CheckpointError) and "not found" in str(cause) else ""
+        print(f"error: {cause}{hint}", file=sys.stderr)
         return 2
     return 0
