@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 class RetrievalVideoDataset(Dataset):
     """Decodes video i of an index: {"video": (T, 3, H, W), "video_index": i} (None when skipped)."""
 
-    def __init__(self, videos: list[str], decoder: VideoDecoder, transform, train: bool = False, seed: int = 0) -> None:
-        self.videos, self.decoder, self.transform, self.train, self.seed = videos, decoder, transform, train, seed
+    def __init__(self, videos: list[str], decoder: VideoDecoder, transform, train: bool = False) -> None:
+        self.videos, self.decoder, self.transform, self.train = videos, decoder, transform, train
 
     def __len__(self) -> int:
         return len(self.videos)
