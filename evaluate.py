@@ -10,4 +10,4 @@ import sys
 from vidtldr_pl.cli import resolve_config_args, run_cli
 
 if __name__ == "__main__":
-    sys.exit(run_cli("validate", resolve_config_args(sys.argv[1:])))
+    sys.exit(run_cli("evaluate", resolve_config_args(sys.argv[1:])))

@@ -17,6 +17,8 @@ class TinyVideoData(pl.LightningDataModule):
         video = torch.randn(self.num_videos, 3, 4, 64, 64, generator=torch.Generator().manual_seed(0))
         return DataLoader(TensorDataset(video), batch_size=self.batch_size)
 
+    test_dataloader = val_dataloader
+
 
 class TokenCounter(pl.LightningModule):
     """Logs the number of tokens the backbone ends with."""
@@ -28,3 +30,5 @@ class TokenCounter(pl.LightningModule):
     def validation_step(self, batch, _):
         tokens, _ = self.backbone(batch[0])
         self.log("final_tokens", float(tokens.shape[1]))
+
+    test_step = validation_step

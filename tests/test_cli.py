@@ -1,6 +1,7 @@
 """evaluate.py: YAML config with the merging callback, command-line overrides, config lookup in configs/."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,27 @@ trainer:
     out = _run("--config", str(cfg), "--trainer.callbacks.init_args.r=[16]")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "48.0" in out.stdout
+
+
+def test_evaluate_compares_merge_settings_and_writes_json(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""
+model: {class_path: cli_modules.TokenCounter}
+data: {class_path: cli_modules.TinyVideoData}
+trainer: {accelerator: cpu, logger: false, enable_progress_bar: false}
+compare:
+  - {name: plain, method: none}
+  - {method: vidtldr, r: [16, 8]}
+  - {name: tome-one, method: tome, r: 8, layers: [0]}
+""")
+    results = tmp_path / "out" / "res.json"
+    out = _run("--config", str(cfg), f"--results={results}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(results.read_text())["runs"]
+    assert [(r["name"], r["method"], r["final_tokens"]) for r in rows] == [
+        ("plain", "none", 64.0), ("vidtldr", "vidtldr", 40.0), ("tome-one", "tome", 56.0)]
+    for name in ("plain", "vidtldr", "tome-one", "final_tokens", "res.json"):
+        assert name in out.stdout
 
 
 def test_missing_config_is_a_short_message():

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -35,8 +37,79 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return out
 
 
+class VidTLDRCLI(LightningCLI):
+    """LightningCLI (model / data / trainer as class_path + init_args) plus the evaluation options:
+
+    - ``compare``: a list of merge settings (MergeRun: method, r, layers, name) evaluated one after another;
+    - ``split``: "test" (default) or "validate";
+    - ``results``: the JSON file of the evaluation (default: <log dir or default_root_dir>/results.json).
+
+    train.py reads the same file and ignores them, so one config serves both.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        from vidtldr_pl.compare import MergeRun
+
+        parser.add_argument("--compare", type=list[MergeRun] | None, default=None,
+                            help="merge settings evaluated in a row, e.g. [{method: none}, {method: vidtldr, r: [100]}]")
+        parser.add_argument("--split", type=str, default="test", help="evaluation split: test | validate")
+        parser.add_argument("--results", type=str | None, default=None, help="JSON file for the evaluation results")
+
+
+def build_cli(argv: list[str]) -> VidTLDRCLI:
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # argv is sys.argv here
+    return VidTLDRCLI(
+        pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        run=False, save_config_callback=None, args=argv,
+    )
+
+
+def _evaluate(cli: VidTLDRCLI) -> None:
+    from vidtldr_pl.compare import evaluate_runs, print_results, write_results
+
+    cfg = cli.config
+    split = {"val": "validate", "valid": "validate"}.get(cfg.split, cfg.split)
+    rows = evaluate_runs(cli.trainer, cli.model, cli.datamodule, cfg.compare, split)
+    if cli.trainer.is_global_zero:
+        title = f"{type(cli.model).__name__} on {type(cli.datamodule).__name__} ({split} split)"
+        print_results(rows, title)
+        path = write_results(rows, cfg.results or default_results_path(cli.trainer), _plain(cfg))
+        print(f"results written to {path}")
+
+
+def default_results_path(trainer: pl.Trainer) -> Path:
+    """<logger dir>/results.json next to the logs; without a logger <default_root_dir>/outputs/results_<time>.json."""
+    if trainer.logger is not None and trainer.log_dir:
+        return Path(trainer.log_dir) / "results.json"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(trainer.default_root_dir) / "outputs" / f"results_{stamp}.json"
+
+
+def _plain(cfg) -> dict:
+    """The parsed config as JSON-friendly data (class_path / init_args as given)."""
+    import json
+
+    from jsonargparse import Namespace
+
+    def conv(v):
+        if isinstance(v, Namespace):
+            return {k: conv(x) for k, x in vars(v).items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        try:
+            json.dumps(v)
+            return v
+        except TypeError:
+            return str(v)
+
+    return conv(cfg)
+
+
 def run_cli(stage: str, argv: list[str]) -> int:
-    """Build model, data and trainer from argv; run trainer.<stage> ("fit", "validate" or "test").
+    """Build model, data and trainer from argv; run ``trainer.fit`` ("fit") or the evaluation ("evaluate": every
+    ``compare`` run on the chosen split, a results table and a JSON file).
 
     Missing or malformed inputs (data, annotations, checkpoints) end with a short message and exit code 2.
     """
@@ -44,11 +117,11 @@ def run_cli(stage: str, argv: list[str]) -> int:
     from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
 
     try:
-        cli = LightningCLI(
-            pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            run=False, save_config_callback=None, args=argv,
-        )
-        getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
+        cli = build_cli(argv)
+        if stage == "evaluate":
+            _evaluate(cli)
+        else:
+            getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError)):

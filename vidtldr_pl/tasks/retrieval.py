@@ -15,6 +15,7 @@ YAML::
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -24,8 +25,12 @@ import torch
 from torch import Tensor
 
 from ..backbones.umt import create_umt
+from ..backbones.umt.vision import VisionTransformer
+from ..flops import FlopReport, vision_flops
+from ..merging import patch
 from ..metrics.retrieval import retrieval_metrics
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
+from .losses import sample_hard_negatives, vtc_loss, vtm_loss
 
 ItmScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -103,8 +108,17 @@ def rerank_scores(
     return scores_v2t, scores_t2v
 
 
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier of the official scheduler: linear warm-up from 0, then cosine down to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(min_lr_ratio, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
 class RetrievalTask(pl.LightningModule):
-    """UMT video-text retrieval: validation / test with the official ITC + ITM re-ranking protocol.
+    """UMT video-text retrieval: fine-tuning (VTC + VTM with hard negatives) and validation / test with the official
+    ITC + ITM re-ranking protocol.
 
     Args:
         model: UMT preset ("umt_b16", "umt_l16", "umt_tiny").
@@ -116,6 +130,15 @@ class RetrievalTask(pl.LightningModule):
         offload_dtype: dtype of the video tokens kept on CPU ("float16" / "bfloat16" halve their memory; None keeps
             the encoder's dtype). They are cast back when moved to the ITM head; under fp16 autocast ("16-mixed")
             "float16" gives the same scores, since autocast casts them to fp16 in the cross-attention anyway.
+        itm_cache_mb: memory (MiB, on the evaluation device) allowed for the cross-attention keys / values of every
+            video, computed once instead of once per candidate pair; above it, keys / values are shared only
+            within a video query. 0 disables the cache. Same scores either way.
+        reuse_text_features: keep the encoded captions of an evaluation split until the next training step, so that
+            evaluating several merge methods in a row encodes the text once (merging touches only the vision side).
+        lr / weight_decay / betas: AdamW (official: wd 0.02 on weights, none on biases, norms and ``temp``).
+        warmup_epochs / min_lr_ratio: per-step schedule, linear warm-up then cosine to ``lr * min_lr_ratio``.
+        vtc_weight / vtm_weight: loss weights (official 1 and 1).
+        seed: seeds the hard-negative draws (one generator per step and process, so a resumed run draws the same).
 
     After an evaluation epoch, ``self.results`` holds ``itm/<key>`` and ``itc/<key>`` for the official keys plus
     MdR/MnR (also logged), ``num_videos``, ``num_texts``, ``tokens_per_layer`` (vision encoder, first batch) and
@@ -133,6 +156,16 @@ class RetrievalTask(pl.LightningModule):
         text_batch_size: int = 256,
         vision_overrides: dict | None = None,
         offload_dtype: str | None = None,
+        itm_cache_mb: float = 2048.0,
+        reuse_text_features: bool = True,
+        lr: float = 1e-5,
+        weight_decay: float = 0.02,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        min_lr_ratio: float = 0.01,
+        vtc_weight: float = 1.0,
+        vtm_weight: float = 1.0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -141,8 +174,10 @@ class RetrievalTask(pl.LightningModule):
         self.itm_batch_size = itm_batch_size
         self.text_batch_size = text_batch_size
         self.offload_dtype = getattr(torch, offload_dtype) if offload_dtype else None
+        self.reuse_text_features = reuse_text_features
         self.results: dict[str, Any] = {}
         self.tokens_per_layer: list[int] | None = None
+        self._text_cache: dict[str, tuple[Tensor, dict[str, Tensor]]] = {}
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -188,8 +223,14 @@ class RetrievalTask(pl.LightningModule):
 
     def _eval_start(self, stage: str) -> None:
         self._reset()
+        texts = self._data().eval_texts(stage)
+        cached = self._text_cache.get(stage)
+        if cached is not None and torch.equal(cached[0], texts["input_ids"]):
+            self._text = cached[1]
+            return
         with self._autocast():
-            self._text = self.encode_texts(self._data().eval_texts(stage))
+            self._text = self.encode_texts(texts)
+        self._text_cache = {stage: (texts["input_ids"], self._text)} if self.reuse_text_features else {}
 
     @torch.no_grad()
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
@@ -237,11 +278,27 @@ class RetrievalTask(pl.LightningModule):
             sim_v2t = itc.to(self.device) @ text["itc"].t()  # (Nv, Nt)
         rank, world = rank_and_world()
 
-        def itm_score(v: Tensor, t: Tensor) -> Tensor:
-            vt = tokens[v.cpu()].to(self.device, self._token_dtype or tokens.dtype, non_blocking=True)
-            return self.model.itm_logits(text["hidden"][t], text["mask"][t], vt)[:, 1]
+        token_dtype = self._token_dtype or tokens.dtype
+
+        def video_tokens(v: Tensor) -> Tensor:
+            return tokens[v.cpu()].to(self.device, token_dtype, non_blocking=True)
 
         nv, nt = sim_v2t.shape
+        with self._autocast():
+            memory = self._fusion_memory_cache(tokens, video_tokens)
+
+        def itm_score(v: Tensor, t: Tensor) -> Tensor:
+            # the cross-attention keys / values depend on the video only: from the cache, or computed once when
+            # every pair shows the same video (a video query); else the plain pairwise path
+            if memory is not None:
+                v_dev = v.to(self.device)
+                pair_memory = [(k[v_dev], val[v_dev]) for k, val in memory]
+            elif bool((v == v[0]).all()):
+                pair_memory = self.model.text_encoder.fusion_memory(video_tokens(v[:1]))
+            else:
+                return self.model.itm_logits(text["hidden"][t], text["mask"][t], video_tokens(v))[:, 1]
+            return self.model.itm_logits(text["hidden"][t], text["mask"][t], None, memory=pair_memory)[:, 1]
+
         with self._autocast():
             s_v2t, s_t2v = rerank_scores(sim_v2t, itm_score, self.k_test, self.itm_batch_size,
                                          row_range(nv, rank, world), row_range(nt, rank, world))
@@ -263,6 +320,91 @@ class RetrievalTask(pl.LightningModule):
         self.results = results
         self.scores = {"itm_v2t": s_v2t.cpu(), "itm_t2v": s_t2v.cpu(), "itc_v2t": sim_v2t.cpu()}
         self._reset()
+
+    def vision_flops(self, method: str = "none", r: Any = None, layers: list[int] | None = None,
+                     method_options: dict | None = None) -> FlopReport:
+        """FLOPs of one video through the vision encoder under a merge setting (a meta-device copy: shapes only)."""
+        cfg = self.model.vision_encoder.cfg
+        with torch.device("meta"):
+            encoder = VisionTransformer(cfg)
+        encoder.encoder.set_attention(self.model.vision_encoder.encoder.blocks[0].attn.mode)
+        if method != "none":
+            patch(encoder, method, r=r, layers=layers, **(method_options or {}))
+        return vision_flops(encoder, cfg.num_frames, cfg.img_size, "meta")
+
+    # ------------------------------------------------------------------ training
+    def _gather(self, x: Tensor) -> Tensor | None:
+        """(B, ...) -> (world * B, ...) gathered with gradients (official all_gather for VTC); None on one process."""
+        if self.trainer.world_size <= 1:
+            return None
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """VTC (gathered over processes) + VTM with one hard negative per video and per text (official recipe)."""
+        video, idx = batch["video"], batch["video_index"].long()
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            self.model.temp.clamp_(0.001, 0.5)
+        temp = self.model.temp
+        tokens, pooled = self.model.encode_vision(video)
+        text_hidden = self.model.encode_text(ids, mask)
+        vision_feat, text_feat = self.model.vision_embed(pooled), self.model.text_embed(text_hidden)
+        loss_vtc = vtc_loss(vision_feat, text_feat, idx, temp,
+                            self._gather(vision_feat), self._gather(text_feat), self._gather(idx))
+
+        rank, world = rank_and_world()
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * max(world, 1) + rank)
+        video_for_text, text_for_video = sample_hard_negatives(vision_feat, text_feat, idx, temp, generator)
+        logits = self.model.itm_logits(
+            torch.cat([text_hidden, text_hidden, text_hidden[text_for_video]]),
+            torch.cat([mask, mask, mask[text_for_video]]),
+            torch.cat([tokens, tokens[video_for_text], tokens]),
+        )
+        loss_vtm = vtm_loss(logits, video.shape[0])
+        loss = self.hparams.vtc_weight * loss_vtc + self.hparams.vtm_weight * loss_vtm
+        batch_size = video.shape[0]
+        self.log_dict({"train/loss": loss, "train/vtc": loss_vtc, "train/vtm": loss_vtm}, prog_bar=True,
+                      batch_size=batch_size)
+        self.log("train/temp", temp.detach(), batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._text_cache = {}  # the text encoder changed
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW without decay on biases, norms and temp; per-step warm-up + cosine (official schedule)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        h = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=h.lr, betas=tuple(h.betas),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(h.warmup_epochs * total / epochs))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, h.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fusion_memory_cache(self, tokens: Tensor, video_tokens: Callable[[Tensor], Tensor]) -> list | None:
+        """Cross-attention keys / values of every video (per fusion layer, (Nv, H, N', hd) on this device) when they
+        fit in ``itm_cache_mb``; None otherwise."""
+        nv, n = tokens.shape[:2]
+        if nv == 0 or n == 0:
+            return None
+        cfg = self.model.text_encoder.config
+        itemsize = torch.empty(0, dtype=self._token_dtype or tokens.dtype).element_size()
+        size_mb = nv * (cfg.num_layers - cfg.fusion_layer) * 2 * n * cfg.hidden_size * itemsize / 2**20
+        if size_mb > self.hparams.itm_cache_mb:
+            return None
+        chunks = [self.model.text_encoder.fusion_memory(video_tokens(torch.arange(i, min(i + self.itm_batch_size, nv))))
+                  for i in range(0, nv, self.itm_batch_size)]
+        return [(torch.cat([c[layer][0] for c in chunks]), torch.cat([c[layer][1] for c in chunks]))
+                for layer in range(len(chunks[0]))]
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_validation_epoch_start(self) -> None:

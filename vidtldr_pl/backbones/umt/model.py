@@ -6,6 +6,7 @@ Module names are those of the official checkpoints (``vision_encoder``, ``text_e
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,7 +45,18 @@ def _tiny(**kw: Any) -> UMTConfig:
     return UMTConfig(vision, text, embed_dim=32)
 
 
-UMT_CONFIGS = {"umt_b16": _b16, "umt_l16": _l16, "umt_tiny": _tiny}
+def _demo(**kw: Any) -> UMTConfig:
+    """The embedded demo model (configs/demo_umt.yaml): 6 blocks x 256 wide, 8 frames at 112 px (392 tokens);
+    a 4-layer text encoder (2 text + 2 fusion) over the synthetic benchmark's small vocabulary."""
+    vision = VisionConfig(**{"embed_dim": 256, "depth": 6, "num_heads": 4, "img_size": 112, "num_frames": 8, **kw})
+    text = TextEncoderConfig(
+        vocab_size=64, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, fusion_layer=2,
+        encoder_width=vision.embed_dim, max_position_embeddings=64,
+    )
+    return UMTConfig(vision, text, embed_dim=128)
+
+
+UMT_CONFIGS = {"umt_b16": _b16, "umt_l16": _l16, "umt_tiny": _tiny, "umt_demo": _demo}
 
 
 class UMT(nn.Module):
@@ -78,18 +90,39 @@ class UMT(nn.Module):
         """text hidden (B, L, Dt) -> L2-normalised ITC embedding of the [CLS] token (B, E)."""
         return F.normalize(self.text_proj(text_hidden[:, 0]), dim=-1)
 
-    def itm_logits(self, text_hidden: Tensor, text_mask: Tensor, video_tokens: Tensor) -> Tensor:
+    def itm_logits(self, text_hidden: Tensor, text_mask: Tensor, video_tokens: Tensor | None,
+                   memory: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """Fusion layers over (text, video) pairs -> ITM logits (B, 2); [:, 1] is the match score.
 
-        text_hidden (B, L, Dt), text_mask (B, L), video_tokens (B, N', Dv) (all-ones video mask, no size bias).
+        text_hidden (B, L, Dt), text_mask (B, L), video_tokens (B, N', Dv) (all-ones video mask, no size bias);
+        or memory = ``text_encoder.fusion_memory(video_tokens)`` (batch B, or 1 for one video vs B texts).
         """
-        fused = self.text_encoder.forward_fusion(text_hidden, text_mask, video_tokens)
+        fused = self.text_encoder.forward_fusion(text_hidden, text_mask, video_tokens, memory=memory)
         return self.itm_head(fused[:, 0])
 
 
-def create_umt(name: str = "umt_b16", checkpoint: str | None = None, strict: bool = True, **vision_overrides: Any) -> UMT:
-    """Build a preset ("umt_b16", "umt_l16", "umt_tiny"), optionally loading an official checkpoint file.
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+BUILTIN_WEIGHTS = {
+    # name -> (file under vidtldr_pl/weights, preset); see README "The embedded demo" for how it was trained
+    "umt_demo_synthetic": ("umt_demo_synthetic.safetensors", "umt_demo"),
+}
 
+
+def resolve_checkpoint(checkpoint: str) -> str:
+    """``builtin:<name>`` -> the weights file shipped in vidtldr_pl/weights; other paths unchanged."""
+    if not checkpoint.startswith("builtin:"):
+        return checkpoint
+    name = checkpoint.split(":", 1)[1]
+    if name not in BUILTIN_WEIGHTS:
+        raise ValueError(f"unknown built-in weights {checkpoint!r}; choose one of "
+                         f"{', '.join('builtin:' + k for k in BUILTIN_WEIGHTS)}")
+    return str(WEIGHTS_DIR / BUILTIN_WEIGHTS[name][0])
+
+
+def create_umt(name: str = "umt_b16", checkpoint: str | None = None, strict: bool = True, **vision_overrides: Any) -> UMT:
+    """Build a preset ("umt_b16", "umt_l16", "umt_tiny", "umt_demo"), optionally loading an official checkpoint file.
+
+    checkpoint: a file (.pth / .safetensors) or ``builtin:<name>`` (weights shipped with the project).
     vision_overrides: VisionConfig fields, e.g. num_frames=8, attention="explicit", ckpt_num_frames=8.
     """
     if name not in UMT_CONFIGS:
@@ -98,5 +131,5 @@ def create_umt(name: str = "umt_b16", checkpoint: str | None = None, strict: boo
     if checkpoint is not None:
         from .checkpoint import load_umt_checkpoint
 
-        load_umt_checkpoint(model, checkpoint, strict=strict)
+        load_umt_checkpoint(model, resolve_checkpoint(checkpoint), strict=strict)
     return model

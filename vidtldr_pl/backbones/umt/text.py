@@ -149,11 +149,20 @@ class BertSelfAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, hidden: Tensor, kv: Tensor, add_mask: Tensor) -> Tensor:
-        """hidden (B, L, D), kv (B, N, Dkv), add_mask (B, 1, 1, N) additive -> context (B, L, D)."""
+    def key_value(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """kv (B, N, Dkv) -> keys and values (B, H, N, hd); for cross-attention they depend on the video only."""
+        return self._split(self.key(kv)), self._split(self.value(kv))
+
+    def forward(self, hidden: Tensor, kv: Tensor | None, add_mask: Tensor,
+                memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """hidden (B, L, D), kv (B, N, Dkv), add_mask (B or 1, 1, 1, N) additive -> context (B, L, D).
+
+        memory: precomputed ``key_value(kv)`` (batch B or 1, broadcast over the queries) used instead of kv.
+        """
         q = self._split(self.query(hidden))
-        k = self._split(self.key(kv))
-        v = self._split(self.value(kv))
+        k, v = memory if memory is not None else self.key_value(kv)
+        if k.shape[0] != q.shape[0]:
+            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=add_mask.to(q.dtype), dropout_p=self.dropout_p if self.training else 0.0
         )
@@ -182,8 +191,9 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(cfg, kv_width)
         self.output = BertSelfOutput(cfg)
 
-    def forward(self, hidden: Tensor, kv: Tensor, add_mask: Tensor) -> Tensor:
-        return self.output(self.self(hidden, kv, add_mask), hidden)
+    def forward(self, hidden: Tensor, kv: Tensor | None, add_mask: Tensor,
+                memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return self.output(self.self(hidden, kv, add_mask, memory), hidden)
 
 
 class BertIntermediate(nn.Module):
@@ -224,13 +234,15 @@ class BertLayer(nn.Module):
         add_mask: Tensor,
         vision: Tensor | None = None,
         vision_add_mask: Tensor | None = None,
+        memory: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """hidden (B, L, D), add_mask (B, 1, 1, L); vision (B, N, Dv), vision_add_mask (B, 1, 1, N)."""
+        """hidden (B, L, D), add_mask (B, 1, 1, L); vision (B, N, Dv), vision_add_mask (B, 1, 1, N);
+        memory: this layer's precomputed cross-attention keys / values (instead of vision)."""
         hidden = self.attention(hidden, hidden, add_mask)
         if self.has_cross_attention:
-            if vision is None or vision_add_mask is None:
+            if (vision is None and memory is None) or vision_add_mask is None:
                 raise ValueError("fusion layers need vision tokens (encoder_hidden_states) for cross-attention")
-            hidden = self.crossattention(hidden, vision, vision_add_mask)
+            hidden = self.crossattention(hidden, vision, vision_add_mask, memory)
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -271,17 +283,21 @@ class UMTTextEncoder(nn.Module):
         end: int,
         vision_tokens: Tensor | None = None,
         vision_mask: Tensor | None = None,
+        memory: list[tuple[Tensor, Tensor]] | None = None,
     ) -> Tensor:
         if attention_mask is None:
             attention_mask = hidden.new_ones(hidden.shape[:2])
         add_mask = extended_attention_mask(attention_mask, hidden.dtype)
         vision_add_mask = None
-        if vision_tokens is not None:
-            if vision_mask is None:
-                vision_mask = vision_tokens.new_ones(vision_tokens.shape[:2])
+        if memory is not None and vision_mask is None:
+            vision_mask = hidden.new_ones(1, memory[0][0].shape[2])
+        if vision_tokens is not None and vision_mask is None:
+            vision_mask = vision_tokens.new_ones(vision_tokens.shape[:2])
+        if vision_mask is not None:
             vision_add_mask = extended_attention_mask(vision_mask, hidden.dtype)
-        for layer in self.encoder.layer[start:end]:
-            hidden = layer(hidden, add_mask, vision_tokens, vision_add_mask)
+        for i, layer in enumerate(self.encoder.layer[start:end]):
+            layer_memory = memory[i] if memory is not None else None
+            hidden = layer(hidden, add_mask, vision_tokens, vision_add_mask, layer_memory)
         return hidden
 
     def forward_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -296,16 +312,24 @@ class UMTTextEncoder(nn.Module):
         self,
         text_hidden: Tensor,
         attention_mask: Tensor | None,
-        vision_tokens: Tensor,
+        vision_tokens: Tensor | None,
         vision_mask: Tensor | None = None,
+        memory: list[tuple[Tensor, Tensor]] | None = None,
     ) -> Tensor:
         """Fusion layers ``[fusion_layer, num_layers)`` with cross-attention to vision tokens.
 
         text_hidden (B, L, D) (output of ``forward_text``), attention_mask (B, L) 0/1,
         vision_tokens (B, N, Dv), vision_mask (B, N) 0/1 (None: all ones) -> (B, L, D).
+        memory: ``fusion_memory(vision_tokens)`` computed beforehand (batch B, or 1 for one video shared by every
+        text), used instead of vision_tokens: the same result without projecting a video's tokens again per text.
         """
         return self._run_layers(text_hidden, attention_mask, self.config.fusion_layer,
-                                self.config.num_layers, vision_tokens, vision_mask)
+                                self.config.num_layers, vision_tokens, vision_mask, memory)
+
+    def fusion_memory(self, vision_tokens: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """vision_tokens (B, N, Dv) -> per fusion layer the cross-attention keys and values, each (B, H, N, hd)."""
+        return [layer.crossattention.self.key_value(vision_tokens)
+                for layer in self.encoder.layer[self.config.fusion_layer:]]
 
     def forward(
         self,

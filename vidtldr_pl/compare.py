@@ -1,0 +1,173 @@
+"""Evaluate one model under several merge settings in a row (none / ToMe / vid-TLDR ...) and report them side by side.
+
+Each run replaces the trainer's ``TokenMerging`` callback, calls ``trainer.test`` (or ``validate``) and collects the
+task's ``results``; the task keeps its text features between runs, so captions are encoded once. Rows print as one
+table and are written as JSON.
+
+YAML (evaluate.py)::
+
+    compare:
+      - {name: no merging, method: none}
+      - {name: ToMe, method: tome, r: [100, 40, 20]}
+      - {name: vid-TLDR, method: vidtldr, r: [100, 40, 20]}
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .callbacks import TokenMerging
+from .flops.report import compact_tokens
+from .metrics.retrieval import READABLE_NAMES
+
+
+@dataclass
+class MergeRun:
+    """One row of a comparison: the TokenMerging settings to evaluate with.
+
+    method: "none", "tome", "vidtldr" or "random"; r / layers: the schedule (see TokenMerging); name: the row label
+    (default: the method); method_options: extra method arguments.
+    """
+
+    method: str = "none"
+    r: list[int | float] | int | float | str | None = None
+    layers: list[int] | None = None
+    name: str | None = None
+    method_options: dict | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.method
+
+
+def as_merge_run(run: MergeRun | Mapping[str, Any] | Any) -> MergeRun:
+    """A MergeRun from a MergeRun, a dict or a jsonargparse Namespace (what the CLI parses)."""
+    if isinstance(run, MergeRun):
+        return run
+    fields = dict(run) if isinstance(run, Mapping) else dict(vars(run))
+    return MergeRun(**fields)
+
+
+def _merging_callback(trainer: pl.Trainer) -> TokenMerging | None:
+    found = [cb for cb in trainer.callbacks if isinstance(cb, TokenMerging)]
+    return found[0] if found else None
+
+
+def use_merging(trainer: pl.Trainer, run: MergeRun) -> TokenMerging:
+    """Replace the trainer's TokenMerging callback by one for ``run`` (keeping its attention mode and target)."""
+    old = _merging_callback(trainer)
+    new = TokenMerging(
+        method=run.method, r=run.r, layers=run.layers, method_options=run.method_options,
+        attention=old.attention if old else "fused", target=old.target if old else None,
+        trace_source=old.trace_source if old else False,
+    )
+    callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, TokenMerging)]
+    trainer.callbacks = callbacks + [new]
+    return new
+
+
+def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule,
+                  runs: list[MergeRun] | None, split: str = "test") -> list[dict[str, Any]]:
+    """Evaluate ``model`` once per run (or once with the configured callbacks when ``runs`` is empty).
+
+    Returns one dict per run: ``name``, ``method``, ``r``, the task's ``results`` (metrics, tokens_per_layer,
+    videos_per_s) and, when the task can count them, ``gflops`` / ``merge_gmacs`` of its vision encoder.
+    """
+    if split not in ("test", "validate"):
+        raise ValueError(f"split must be 'test' or 'validate', got {split!r}")
+    rows = []
+    runs = [as_merge_run(r) for r in runs or []]
+    for run in runs or [None]:
+        callback = use_merging(trainer, run) if run is not None else _merging_callback(trainer)
+        logged = getattr(trainer, split)(model, datamodule=datamodule, verbose=False)
+        row: dict[str, Any] = {
+            "name": run.label if run else (callback.method if callback else "none"),
+            "method": callback.method if callback else "none",
+            "r": callback.r if callback else None,
+            "layers": callback.layers if callback else None,
+        }
+        results = getattr(model, "results", None)
+        if results is None:  # any other LightningModule: what it logged
+            results = {k: v for d in logged or [] for k, v in d.items()}
+        row.update(results)
+        counter = getattr(model, "vision_flops", None)
+        if callable(counter):
+            report = counter(row["method"], row["r"], row["layers"], (callback.method_options if callback else None))
+            row.update(gflops=report.gflops, merge_gmacs=report.merge_gmacs)
+        rows.append(row)
+    return rows
+
+
+TABLE_COLUMNS = (
+    ("t2v R@1", "itm/img_r1"), ("t2v R@5", "itm/img_r5"), ("t2v R@10", "itm/img_r10"), ("t2v MdR", "itm/img_MdR"),
+    ("v2t R@1", "itm/txt_r1"), ("v2t R@5", "itm/txt_r5"), ("v2t R@10", "itm/txt_r10"), ("v2t MdR", "itm/txt_MdR"),
+)
+
+
+def results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    """The rows as a rich table. Retrieval rows: ITM re-ranked metrics both ways, GFLOPs (and ratio to the first
+    row), tokens per layer, videos/s. Other tasks: every number they logged."""
+    table = Table(title=title)
+    table.add_column("method", justify="left")
+    retrieval = bool(rows) and all(key in rows[0] for _, key in TABLE_COLUMNS)
+    if retrieval:
+        columns = list(TABLE_COLUMNS)
+    else:
+        skip = {"name", "method", "r", "layers"}
+        columns = [(k, k) for k in dict.fromkeys(k for row in rows for k, v in row.items()
+                                                 if k not in skip and isinstance(v, (int, float)))]
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    extra = ("GFLOPs", "tokens per layer", "videos/s") if retrieval else ()
+    for header in extra:
+        table.add_column(header, justify="left" if header == "tokens per layer" else "right")
+    base = rows[0].get("gflops") if rows else None
+    for row in rows:
+        cells = [row["name"]]
+        cells += [_fmt(row.get(key), 1 if "MdR" in key else 2) for _, key in columns]
+        if retrieval:
+            gflops = row.get("gflops")
+            ratio = f" ({base / gflops:.2f}x)" if gflops and base and row is not rows[0] else ""
+            cells.append(f"{gflops:.2f}{ratio}" if gflops is not None else "-")
+            tokens = row.get("tokens_per_layer")
+            cells.append(compact_tokens(tokens) if tokens else "-")
+            cells.append(_fmt(row.get("videos_per_s"), 1))
+        table.add_row(*cells)
+    return table
+
+
+def _fmt(value: Any, digits: int) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
+
+
+def write_results(rows: list[dict[str, Any]], path: str | Path, config: dict[str, Any] | None = None) -> Path:
+    """Write the rows (plus date, versions and the config) as JSON; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__},
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "metric_names": READABLE_NAMES,
+        "runs": rows,
+        "config": config,
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def print_results(rows: list[dict[str, Any]], title: str = "", console: Console | None = None) -> None:
+    (console or Console()).print(results_table(rows, title))
+
+
+__all__ = ["MergeRun", "evaluate_runs", "results_table", "write_results", "print_results", "use_merging"]
