@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from vidtldr_pl.text import BertWordPieceTokenizer
 
 from .annotations import RetrievalIndex, build_index, read_annotations
+from .sampling import ResumableSampler
 from .transforms import VideoTestTransform, VideoTrainTransform
 from .video import VideoDecoder
 
@@ -32,15 +33,20 @@ class RetrievalVideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def load(self, i: int) -> torch.Tensor | None:
-        rng = random.Random() if self.train else None
-        clip = self.decoder(self.videos[i], rng=rng)
+    def load(self, i: int, seed: int | None = None) -> torch.Tensor | None:
+        """Video i; training randomness (frames, crop, flip) from ``seed`` (unseeded when None)."""
+        if not self.train:
+            clip = self.decoder(self.videos[i])
+            return None if clip is None else self.transform(clip.frames)
+        clip = self.decoder(self.videos[i], rng=random.Random(seed))
         if clip is None:
             return None
-        return self.transform(clip.frames)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self.transform(clip.frames, generator=generator)
 
-    def __getitem__(self, i: int) -> dict | None:
-        video = self.load(i)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        video = self.load(i, seed)
         return None if video is None else {"video": video, "video_index": i}
 
 
@@ -55,9 +61,11 @@ class RetrievalTrainDataset(RetrievalVideoDataset):
     def __len__(self) -> int:
         return len(self.txt2vid)
 
-    def __getitem__(self, t: int) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """Caption t (an index, or ``(index, seed)`` from ResumableSampler)."""
+        t, seed = key if isinstance(key, tuple) else (key, None)
         v = self.txt2vid[t]
-        video = self.load(v)
+        video = self.load(v, seed)
         if video is None:
             return None
         return {"video": video, "video_index": v, "input_ids": self.tokens["input_ids"][t],
@@ -82,6 +90,7 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         has_multi_vision_gt: one caption matches several videos (SSv2). trimmed30: first 30 s only (DiDeMo).
         sample_test / sample_train: frame sampling ("middle" / "rand", as official).
         skip_errors: log and drop unreadable videos instead of failing (the default is to fail, naming the file).
+        seed: training order and per-sample randomness (frames, crop, flip) derive from (seed, epoch, index).
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         skip_errors: bool = False,
         video_key: str = "video",
         caption_key: str = "caption",
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -153,7 +163,22 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         self.check_paths(stages)
         for s in stages:
             if self._annotation(s) is not None:
-                self.index(s)
+                self.check_videos(s)
+
+    def check_videos(self, stage: str) -> None:
+        """Every video of the stage's annotation must exist: a short error now instead of a decode error in the
+        middle of an epoch. With skip_errors the missing ones are logged (and dropped when they are loaded)."""
+        videos = self.index(stage).videos
+        missing = [v for v in videos if not Path(v).is_file()]
+        if not missing:
+            return
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        message = (f"{len(missing)} of {len(videos)} video files of the {stage} annotation not found under "
+                   f"{self.hparams.video_root}: {shown}")
+        if self.hparams.skip_errors:
+            log.warning("%s (skip_errors: dropped when loaded)", message)
+            return
+        raise FileNotFoundError(f"{message} (check video_root and the annotation's video paths)")
 
     # ------------------------------------------------------------------ evaluation contract
     def _eval_stage(self) -> str:
@@ -194,12 +219,30 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     def train_dataloader(self) -> DataLoader:
+        """One sample per caption, in an order and with randomness fixed by (seed, epoch, index): ResumableSampler
+        (this process's share under DDP). When the trainer resumes mid-epoch, the samples already trained on are
+        skipped, so the run continues exactly where it stopped."""
         index = self.index("fit")
         tokens = self.tokenizer(index.texts, max_length=self.hparams.max_txt_len)
         dataset = RetrievalTrainDataset(index, self._decoder(True), VideoTrainTransform(self.hparams.img_size), tokens)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
+        trainer = getattr(self, "_trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed,
+                                   drop_last=True)
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+            sampler.skip = resumed_batches(trainer) * self.hparams.batch_size
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.hparams.num_workers, collate_fn=collate_skipping,
                           persistent_workers=self.hparams.num_workers > 0)
+
+
+def resumed_batches(trainer: pl.Trainer) -> int:
+    """Training batches of the current epoch already done when the trainer resumes from a mid-epoch checkpoint."""
+    fit_loop = trainer.fit_loop
+    if not fit_loop.restarting:
+        return 0
+    return int(fit_loop.epoch_loop.batch_progress.current.processed)
 
 
 # ---------------------------------------------------------------------- benchmark presets
@@ -288,7 +331,7 @@ class SSv2TemplateDataModule(PresetRetrievalDataModule):
 class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
     """The embedded benchmark (data_modules.synthetic), generated into cache_dir on first use from the seed.
 
-    Args: seed, num_train / num_val / num_test videos, frames and size of the written clips; everything else as
+    Args: seed (of the generated data and of the training order), num_train / num_val / num_test videos, frames and size of the written clips; everything else as
     VideoTextRetrievalDataModule (num_frames sampled per clip, img_size, batch sizes, workers, ...).
     """
 
@@ -312,7 +355,7 @@ class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
             test_annotation=str(root / "anno" / "test.json"), video_root=str(root / "videos"),
             val_annotation=str(root / "anno" / "val.json"), train_annotation=str(root / "anno" / "train.json"),
             tokenizer=str(root / "tokenizer"), tokenizer_flavor="umt", max_txt_len=max_txt_len,
-            num_frames=num_frames, img_size=img_size, **kwargs,
+            num_frames=num_frames, img_size=img_size, seed=seed, **kwargs,
         )
 
     def prepare_data(self) -> None:

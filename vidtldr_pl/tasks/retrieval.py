@@ -352,9 +352,8 @@ class RetrievalTask(pl.LightningModule):
         loss_vtc = vtc_loss(vision_feat, text_feat, idx, temp,
                             self._gather(vision_feat), self._gather(text_feat), self._gather(idx))
 
-        rank, world = rank_and_world()
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * max(world, 1) + rank)
+        generator.manual_seed(self._step_seed(batch_idx) + 1)
         video_for_text, text_for_video = sample_hard_negatives(vision_feat, text_feat, idx, temp, generator)
         logits = self.model.itm_logits(
             torch.cat([text_hidden, text_hidden, text_hidden[text_for_video]]),
@@ -368,6 +367,16 @@ class RetrievalTask(pl.LightningModule):
                       batch_size=batch_size)
         self.log("train/temp", temp.detach(), batch_size=batch_size)
         return loss
+
+    def _step_seed(self, batch_idx: int) -> int:
+        """A seed fixed by (seed, optimizer step, micro-batch, process): what a resumed run draws again."""
+        rank, world = rank_and_world()
+        micro = batch_idx % max(1, self.trainer.accumulate_grad_batches)
+        return ((self.hparams.seed * 1_000_003 + self.global_step) * 64 + micro) * max(world, 1) * 2 + rank * 2
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # dropout / drop-path draws per step, independent of what ran before (exact resume)
+        torch.manual_seed(self._step_seed(batch_idx) % 2**63)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._text_cache = {}  # the text encoder changed

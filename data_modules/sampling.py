@@ -1,0 +1,41 @@
+"""Training order and per-sample randomness that depend only on (seed, epoch, index): the same on any number of
+workers, and resumable in the middle of an epoch.
+
+``ResumableSampler`` is a ``DistributedSampler`` (so Lightning keeps it under DDP instead of wrapping it) that also
+serves a single process; it yields ``(index, sample_seed)`` pairs, and the dataset seeds its frame sampling and
+augmentation with ``sample_seed``. ``skip`` drops the first samples of the next pass only (resuming mid-epoch).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch.utils.data import Dataset, DistributedSampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` in ``epoch`` (splitmix64 of the three)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    return x >> 1
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffling per epoch (``set_epoch``), this process's share of the data, ``(index, seed)`` pairs.
+
+    Args: dataset; num_replicas / rank (1 / 0 on one process); shuffle; seed; drop_last (as DistributedSampler).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        for i in indices[skip:]:
+            yield i, sample_seed(self.seed, self.epoch, i)
