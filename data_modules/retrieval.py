@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from vidtldr_pl.text import BertWordPieceTokenizer
 
 from .annotations import RetrievalIndex, build_index, read_annotations
-from .sampling import ResumableSampler
+from .sampling import ResumableDataLoader, ResumableSampler
 from .transforms import VideoTestTransform, VideoTrainTransform
 from .video import VideoDecoder
 
@@ -91,6 +91,8 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         sample_test / sample_train: frame sampling ("middle" / "rand", as official).
         skip_errors: log and drop unreadable videos instead of failing (the default is to fail, naming the file).
         seed: training order and per-sample randomness (frames, crop, flip) derive from (seed, epoch, index).
+        train_crop_scale / train_flip_p: RandomResizedCrop area range and horizontal-flip probability of training
+            clips (official (0.5, 1) and 0.5; turn the flip off when captions say "left" / "right").
     """
 
     def __init__(
@@ -116,6 +118,8 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         video_key: str = "video",
         caption_key: str = "caption",
         seed: int = 0,
+        train_crop_scale: tuple[float, float] = (0.5, 1.0),
+        train_flip_p: float = 0.5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -224,15 +228,17 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         skipped, so the run continues exactly where it stopped."""
         index = self.index("fit")
         tokens = self.tokenizer(index.texts, max_length=self.hparams.max_txt_len)
-        dataset = RetrievalTrainDataset(index, self._decoder(True), VideoTrainTransform(self.hparams.img_size), tokens)
-        trainer = getattr(self, "_trainer", None)
+        h = self.hparams
+        transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
+        dataset = RetrievalTrainDataset(index, self._decoder(True), transform, tokens)
+        trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed,
                                    drop_last=True)
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
             sampler.skip = resumed_batches(trainer) * self.hparams.batch_size
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
+        return ResumableDataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.hparams.num_workers, collate_fn=collate_skipping,
                           persistent_workers=self.hparams.num_workers > 0)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from torch.utils.data import Dataset, DistributedSampler
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -39,3 +41,21 @@ class ResumableSampler(DistributedSampler):
         skip, self.skip = self.skip, 0
         for i in indices[skip:]:
             yield i, sample_seed(self.seed, self.epoch, i)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a ResumableSampler that Lightning saves with its checkpoints (``state_dict``).
+
+    The position inside the epoch is not stored here: the DataModule derives it from the restored trainer progress
+    (batches already processed) when it builds the loader, which stays right however many batches Lightning had
+    prefetched when it saved. The state records the sampling seed and epoch, and a checkpoint written with a
+    different seed is refused (its remaining data order would silently differ).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.sampler.seed, "epoch": self.sampler.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.sampler.seed) != self.sampler.seed:
+            raise ValueError(f"the checkpoint was trained with data seed {state['seed']}, this run uses "
+                             f"{self.sampler.seed}: resume with the same seed (data.init_args.seed)")

@@ -167,7 +167,13 @@ def write_results(rows: list[dict[str, Any]], path: str | Path, config: dict[str
 
 
 def print_results(rows: list[dict[str, Any]], title: str = "", console: Console | None = None) -> None:
-    (console or Console()).print(results_table(rows, title))
+    table = results_table(rows, title)
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or log file: the whole table, not one squeezed into 80 columns ("38…")
+            width = console.measure(table, options=console.options.update(max_width=10_000)).maximum
+            console = Console(width=max(console.width, width))
+    console.print(table)
 
 
 __all__ = ["MergeRun", "evaluate_runs", "results_table", "write_results", "print_results", "use_merging"]

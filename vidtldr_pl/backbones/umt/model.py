@@ -46,11 +46,11 @@ def _tiny(**kw: Any) -> UMTConfig:
 
 
 def _demo(**kw: Any) -> UMTConfig:
-    """The embedded demo model (configs/demo_umt.yaml): 6 blocks x 256 wide, 8 frames at 112 px (392 tokens);
+    """The embedded demo model (configs/demo_umt.yaml): 6 blocks x 192 wide, 8 frames at 96 px (288 tokens);
     a 4-layer text encoder (2 text + 2 fusion) over the synthetic benchmark's small vocabulary."""
-    vision = VisionConfig(**{"embed_dim": 256, "depth": 6, "num_heads": 4, "img_size": 112, "num_frames": 8, **kw})
+    vision = VisionConfig(**{"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "num_frames": 8, **kw})
     text = TextEncoderConfig(
-        vocab_size=64, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, fusion_layer=2,
+        vocab_size=64, hidden_size=192, num_layers=4, num_heads=3, intermediate_size=768, fusion_layer=2,
         encoder_width=vision.embed_dim, max_position_embeddings=64,
     )
     return UMTConfig(vision, text, embed_dim=128)
