@@ -1,0 +1,102 @@
+"""Fine-tuning runs as separate programs (tests/fit_script.py): kill-and-resume equals an uninterrupted run, a
+2-process DDP fit, a 2-node torchrun launch on 127.0.0.1, and DDP validation equal to a 1-process evaluation."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from data_modules.retrieval import SyntheticRetrievalDataModule
+from vidtldr_pl.callbacks import TokenMerging
+from vidtldr_pl.tasks import RetrievalTask
+
+SCRIPT = Path(__file__).resolve().parent / "fit_script.py"
+pytestmark = pytest.mark.slow
+
+
+def _fit(out: Path, *args: str, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), str(out), "--cache", str(cache), *args], cwd=out.parent,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _losses(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_kill_and_resume_continues_exactly(tmp_path):
+    cache = tmp_path / "synthetic"
+    full = _fit(tmp_path / "full", "--max-steps", "8", cache=cache)
+    assert full.returncode == 0, full.stderr[-3000:]
+    # killed (SIGKILL) before step 5 of 8: mid-epoch (6 batches per epoch), checkpoint of step 4 on disk
+    killed = _fit(tmp_path / "run", "--max-steps", "8", "--kill-at", "4", cache=cache)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [r["step"] for r in _losses(tmp_path / "run")] == [1, 2, 3, 4]
+    resumed = _fit(tmp_path / "run", "--max-steps", "8", "--resume", str(tmp_path / "run" / "ckpt" / "last.ckpt"),
+                   cache=cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+    want, got = _losses(tmp_path / "full"), _losses(tmp_path / "run")
+    assert [r["step"] for r in got] == list(range(1, 9))
+    for a, b in zip(want, got):  # same step, same samples, same losses (CPU, same kernels: bit-equal)
+        assert (a["step"], a["epoch"], a["videos"]) == (b["step"], b["epoch"], b["videos"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["vtm"] == pytest.approx(b["vtm"], abs=1e-6)
+    # the second epoch reshuffles
+    assert [r["videos"] for r in want[6:8]] != [r["videos"] for r in want[0:2]]
+
+
+def test_ddp_two_processes_and_two_nodes(tmp_path):
+    cache = tmp_path / "synthetic"
+    ddp = _fit(tmp_path / "ddp", "--max-steps", "3", "--devices", "2", "--validate", cache=cache)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    rows = _losses(tmp_path / "ddp")
+    assert sorted((r["step"], r["rank"]) for r in rows) == [(s, k) for s in (1, 2, 3) for k in (0, 1)]
+    seen = [v for r in rows for v in r["videos"]]
+    assert sorted(seen) == list(range(24))  # 3 steps x 2 processes x 4 = the whole epoch, every clip once
+    by_step = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(set(r["videos"]))
+    assert all(not (a & b) for a, b in by_step.values())  # the two processes train on different samples
+
+    # validation in DDP equals a 1-process evaluation of the same weights
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["world_size"] == 2
+    task = RetrievalTask("umt_tiny", k_test=3)
+    state = torch.load(tmp_path / "ddp" / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    task.load_state_dict(state)
+    dm = SyntheticRetrievalDataModule(cache_dir=str(cache), seed=0, num_train=24, num_val=6, num_test=6,
+                                      clip_frames=8, clip_size=64, num_frames=4, img_size=64, eval_batch_size=3,
+                                      num_workers=0, max_txt_len=24)
+    pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[TokenMerging("vidtldr", r=[12, 8])]).test(task, datamodule=dm, verbose=False)
+    keys = [k for k in task.results if k.startswith(("itm/", "itc/"))]
+    assert {k: results[k] for k in keys} == {k: task.results[k] for k in keys}
+
+    # two "nodes" of one process each, launched with torchrun on 127.0.0.1
+    port = str(_free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
+         "--master-addr=127.0.0.1", f"--master-port={port}", str(SCRIPT), str(tmp_path / "nodes"),
+         "--cache", str(cache), "--max-steps", "3", "--num-nodes", "2"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[1][-2000:] for o in outs)
+    nodes = _losses(tmp_path / "nodes")
+    # the same global batch split the same way: equal to the 2-process run (reduction order may differ)
+    key = lambda r: (r["step"], r["rank"])  # noqa: E731
+    for a, b in zip(sorted(rows, key=key), sorted(nodes, key=key)):
+        assert (a["step"], a["rank"], a["videos"]) == (b["step"], b["rank"], b["videos"])
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
