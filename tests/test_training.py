@@ -129,3 +129,24 @@ def test_fit_with_vidtldr_merging_updates_every_part_of_the_model():
         assert not torch.equal(before[name], dict(task.named_parameters())[name]), name
     logged = trainer.callback_metrics
     assert torch.isfinite(logged["train/loss"]) and logged["train/vtm"] > 0 and logged["train/vtc"] > 0
+
+
+def test_gradient_checkpointing_with_merging_gives_the_same_gradients():
+    from vidtldr_pl.backbones.umt import create_umt
+    from vidtldr_pl.merging import patch
+
+    torch.manual_seed(0)
+    model = create_umt("umt_tiny").train()
+    patch(model.vision_encoder, "vidtldr", r=[16, 8])
+    video = torch.randn(2, 4, 3, 64, 64)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.vision_encoder.encoder.set_grad_checkpointing(enable)
+        tokens, pooled = model.encode_vision(video)
+        assert tokens.shape[1] == 40
+        (tokens.pow(2).mean() + pooled.sum()).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=0, atol=1e-6, msg=k)

@@ -138,6 +138,8 @@ class RetrievalTask(pl.LightningModule):
         lr / weight_decay / betas: AdamW (official: wd 0.02 on weights, none on biases, norms and ``temp``).
         warmup_epochs / min_lr_ratio: per-step schedule, linear warm-up then cosine to ``lr * min_lr_ratio``.
         vtc_weight / vtm_weight: loss weights (official 1 and 1).
+        gradient_checkpointing: recompute the vision blocks' attention / MLP in the backward pass (memory for time;
+            merging runs outside the recomputed parts).
         seed: seeds the hard-negative draws (one generator per step and process, so a resumed run draws the same).
 
     After an evaluation epoch, ``self.results`` holds ``itm/<key>`` and ``itc/<key>`` for the official keys plus
@@ -166,10 +168,12 @@ class RetrievalTask(pl.LightningModule):
         vtc_weight: float = 1.0,
         vtm_weight: float = 1.0,
         seed: int = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_umt(model, checkpoint=checkpoint, **(vision_overrides or {}))
+        self.model.vision_encoder.encoder.set_grad_checkpointing(gradient_checkpointing)
         self.k_test = k_test
         self.itm_batch_size = itm_batch_size
         self.text_batch_size = text_batch_size

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ...merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState
 from ...ops import ATTENTION_MODES, attention
@@ -146,16 +147,35 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.merge: LayerMerge | None = None
+        self.grad_checkpointing = False
+
+    def _attn_branch(self, x: Tensor, bias: Tensor | None, want_info: bool) -> tuple[Tensor, AttentionInfo | None]:
+        out, info = self.attn(self.norm1(x), bias, want_info)
+        return self.drop_path(out), info
+
+    def _mlp_branch(self, x: Tensor) -> Tensor:
+        return self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x: Tensor, state: MergeState | None = None) -> Tensor:
-        """x: (B, N, C) -> (B, N', C); state carries sizes / sources across the blocks of one forward."""
+        """x: (B, N, C) -> (B, N', C); state carries sizes / sources across the blocks of one forward.
+
+        With ``grad_checkpointing`` (training), the attention and MLP branches are recomputed in the backward pass;
+        the merge step runs outside them, so the MergeState is updated exactly once per forward.
+        """
         state = state if state is not None else MergeState()
         want_info = self.merge is not None and self.merge.needs_attention
-        out, info = self.attn(self.norm1(x), state.attention_bias(), want_info)
-        x = x + self.drop_path(out)
+        bias = state.attention_bias()
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            out, info = checkpoint(self._attn_branch, x, bias, want_info, use_reentrant=False)
+        else:
+            out, info = self._attn_branch(x, bias, want_info)
+        x = x + out
         if self.merge is not None:
             x = self.merge(x, state, info)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            x = x + checkpoint(self._mlp_branch, x, use_reentrant=False)
+        else:
+            x = x + self._mlp_branch(x)
         state.tokens_per_layer.append(x.shape[1])
         return x
 
@@ -177,6 +197,11 @@ class VisionEncoder(MergeableEncoder):
     @property
     def num_tokens(self) -> int:
         return self.cfg.num_frames // self.cfg.tubelet_size * self.cfg.patches_per_frame
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's attention and MLP in the backward pass (less activation memory, ~1/3 more time)."""
+        for block in self.blocks:
+            block.grad_checkpointing = enable
 
     def set_attention(self, mode: str) -> None:
         """Switch every block between the "fused" and the "explicit" (reference) attention."""

@@ -1,0 +1,80 @@
+"""Turn a training checkpoint into one weights file in the official UMT key layout, which evaluate.py loads with
+``--model.init_args.checkpoint=OUT``.
+
+    python -m vidtldr_pl.export outputs/.../last.ckpt weights.safetensors [--dtype float16]
+    python -m vidtldr_pl.export outputs/.../last.ckpt/ weights.pth          # a DeepSpeed ZeRO-2/3 sharded folder
+
+Input: a Lightning checkpoint file (its ``state_dict`` holds ``model.*`` = the UMT), or a DeepSpeed checkpoint
+folder (consolidated first with DeepSpeed's zero_to_fp32, through Lightning). Output: ``.safetensors`` (with the
+preset name in its metadata) or ``.pth`` (``{"model": state_dict}``, the official fine-tuned layout).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .backbones.umt.checkpoint import CheckpointError, read_state_dict
+
+PREFIX = "model."
+
+
+def consolidate_deepspeed(folder: str | Path, out_file: str | Path) -> Path:
+    """DeepSpeed sharded checkpoint folder -> one fp32 Lightning checkpoint file (needs the deepspeed package)."""
+    try:
+        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+    except ImportError as err:  # pragma: no cover - depends on the optional extra
+        raise CheckpointError(f"{folder} is a DeepSpeed checkpoint folder; consolidating it needs deepspeed "
+                              "(pip install -e '.[deepspeed]')") from err
+    convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(out_file))
+    return Path(out_file)
+
+
+def umt_state_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """A Lightning checkpoint file or DeepSpeed folder -> the UMT state dict (``model.`` prefix removed)."""
+    path = Path(path)
+    if path.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            return umt_state_from_checkpoint(consolidate_deepspeed(path, Path(tmp) / "consolidated.ckpt"))
+    state = read_state_dict(path)  # weights_only; unwraps "state_dict"
+    if state and all(k.startswith(PREFIX) for k in state):
+        state = {k[len(PREFIX):]: v for k, v in state.items()}
+    if not any(k.startswith("vision_encoder.") for k in state):
+        raise CheckpointError(f"{path}: no vision_encoder.* weights (is this a RetrievalTask checkpoint?)")
+    return state
+
+
+def export(src: str | Path, dst: str | Path, dtype: str | None = None, preset: str | None = None) -> Path:
+    """Write the UMT weights of ``src`` to ``dst`` (.safetensors or .pth); ``dtype`` casts floating tensors."""
+    state = umt_state_from_checkpoint(src)
+    if dtype is not None:
+        target = getattr(torch, dtype)
+        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(dst),
+                  metadata={"format": "pt", "layout": "umt_retrieval", "preset": preset or "", "source": Path(src).name})
+    else:
+        torch.save({"model": state}, dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", help="Lightning .ckpt file or DeepSpeed checkpoint folder")
+    parser.add_argument("dst", help="output .safetensors or .pth")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    parser.add_argument("--preset", default=None, help="UMT preset recorded in the safetensors metadata")
+    args = parser.parse_args(argv)
+    out = export(args.src, args.dst, args.dtype, args.preset)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
