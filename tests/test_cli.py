@@ -82,3 +82,23 @@ def test_msrvtt_config_without_checkpoint_or_data_is_a_short_message(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: checkpoint file not found: checkpoints/umt_b16_msrvtt_ft.pth" in out.stderr
     assert "MODEL_ZOO" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_strategy_configs_merge_into_a_task_config():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategies = sorted((ROOT / "configs" / "strategies").glob("*.yaml"))
+    assert {p.stem for p in strategies} >= {"ddp", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"}
+    for path in strategies:
+        out = subprocess.run([sys.executable, "train.py", "--config", "msrvtt_umt.yaml", "--config", str(path),
+                              "--print_config"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        import yaml
+
+        cfg = yaml.safe_load(out.stdout)
+        assert cfg["trainer"]["strategy"] in StrategyRegistry, path.name
+        assert cfg["model"]["class_path"] == "vidtldr_pl.tasks.RetrievalTask"
+        assert cfg["model"]["init_args"]["lr"] == 1e-5 and cfg["trainer"]["max_epochs"] == 10  # official MSRVTT B/16
+        assert cfg["trainer"]["callbacks"][0]["init_args"]["r"] == [600, 200, 100]
+        if "offload" in path.name:
+            assert cfg["model"]["init_args"]["optimizer"] == "deepspeed_cpu_adam"

@@ -135,6 +135,8 @@ class RetrievalTask(pl.LightningModule):
             within a video query. 0 disables the cache. Same scores either way.
         reuse_text_features: keep the encoded captions of an evaluation split until the next training step, so that
             evaluating several merge methods in a row encodes the text once (merging touches only the vision side).
+        optimizer: "adamw" (torch) or "deepspeed_cpu_adam" (needed by DeepSpeed ZeRO-Offload, strategy
+            deepspeed_stage_3_offload / deepspeed_stage_2_offload).
         lr / weight_decay / betas: AdamW (official: wd 0.02 on weights, none on biases, norms and ``temp``).
         warmup_epochs / min_lr_ratio: per-step schedule, linear warm-up then cosine to ``lr * min_lr_ratio``.
         vtc_weight / vtm_weight: loss weights (official 1 and 1).
@@ -169,6 +171,7 @@ class RetrievalTask(pl.LightningModule):
         vtm_weight: float = 1.0,
         seed: int = 0,
         gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -392,10 +395,15 @@ class RetrievalTask(pl.LightningModule):
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         h = self.hparams
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=h.lr, betas=tuple(h.betas),
-        )
+        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if h.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
+        elif h.optimizer == "deepspeed_cpu_adam":  # ZeRO-Offload keeps the optimizer step on the CPU
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(groups, lr=h.lr, betas=tuple(h.betas), adamw_mode=True)
+        else:
+            raise ValueError(f"optimizer must be 'adamw' or 'deepspeed_cpu_adam', got {h.optimizer!r}")
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = int(round(h.warmup_epochs * total / epochs))
