@@ -75,7 +75,7 @@ def main() -> None:
         clip_frames=8, clip_size=64, num_frames=4, img_size=64, batch_size=4, eval_batch_size=3, num_workers=1,
         max_txt_len=24,
     )
-    task = RetrievalTask("umt_tiny", k_test=3, lr=1e-3, warmup_epochs=0.5, seed=0)
+    task = RetrievalTask("umt_tiny", k_test=3, lr=1e-3, warmup_epochs=0.5, seed=0, save_best=False)
     callbacks = [RecordLosses(out / "losses.jsonl"),
                  ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=-1,
                                  filename="step{step}")]

@@ -100,3 +100,18 @@ def test_ddp_two_processes_and_two_nodes(tmp_path):
     for a, b in zip(sorted(rows, key=key), sorted(nodes, key=key)):
         assert (a["step"], a["rank"], a["videos"]) == (b["step"], b["rank"], b["videos"])
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
+def test_training_checkpoints_best_last_and_periodic(tmp_path):
+    dm = SyntheticRetrievalDataModule(cache_dir=str(tmp_path / "synthetic"), seed=0, num_train=16, num_val=6,
+                                      num_test=0, clip_frames=8, clip_size=64, num_frames=4, img_size=64,
+                                      batch_size=4, eval_batch_size=3, num_workers=0, max_txt_len=24)
+    task = RetrievalTask("umt_tiny", k_test=3, lr=1e-3, save_every_n_steps=2)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer.fit(task, datamodule=dm)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in names
+    best = [n for n in names if n.startswith("best-epoch")]
+    assert len(best) == 1 and "t2v_r1_" in best[0]
+    assert sorted(n for n in names if n.startswith("step")) == ["step6.ckpt", "step8.ckpt"]  # the latest two of 2, 4, 6, 8

@@ -42,9 +42,10 @@ class VidTLDRCLI(LightningCLI):
 
     - ``compare``: a list of merge settings (MergeRun: method, r, layers, name) evaluated one after another;
     - ``split``: "test" (default) or "validate";
-    - ``results``: the JSON file of the evaluation (default: <log dir or default_root_dir>/results.json).
+    - ``results``: the JSON file of the evaluation (default: <log dir or default_root_dir>/results.json);
+    - ``ckpt_path``: train.py resumes from this checkpoint.
 
-    train.py reads the same file and ignores them, so one config serves both.
+    Both scripts accept every option, so one config serves both.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -54,6 +55,8 @@ class VidTLDRCLI(LightningCLI):
                             help="merge settings evaluated in a row, e.g. [{method: none}, {method: vidtldr, r: [100]}]")
         parser.add_argument("--split", type=str, default="test", help="evaluation split: test | validate")
         parser.add_argument("--results", type=str | None, default=None, help="JSON file for the evaluation results")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="train.py: resume from this checkpoint (\"last\": the newest in the run folder)")
 
 
 def build_cli(argv: list[str]) -> VidTLDRCLI:
@@ -120,6 +123,8 @@ def run_cli(stage: str, argv: list[str]) -> int:
         cli = build_cli(argv)
         if stage == "evaluate":
             _evaluate(cli)
+        elif stage == "fit":
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
         else:
             getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes

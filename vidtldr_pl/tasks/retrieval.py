@@ -142,6 +142,8 @@ class RetrievalTask(pl.LightningModule):
         vtc_weight / vtm_weight: loss weights (official 1 and 1).
         gradient_checkpointing: recompute the vision blocks' attention / MLP in the backward pass (memory for time;
             merging runs outside the recomputed parts).
+        save_best / save_every_n_steps: training checkpoints (``configure_callbacks``): the best by validation
+            text-to-video R@1 (``itm/img_r1``) plus ``last.ckpt``; and the latest two every N optimizer steps.
         seed: seeds the hard-negative draws (one generator per step and process, so a resumed run draws the same).
 
     After an evaluation epoch, ``self.results`` holds ``itm/<key>`` and ``itc/<key>`` for the official keys plus
@@ -172,6 +174,8 @@ class RetrievalTask(pl.LightningModule):
         seed: int = 0,
         gradient_checkpointing: bool = False,
         optimizer: str = "adamw",
+        save_best: bool = True,
+        save_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -426,6 +430,21 @@ class RetrievalTask(pl.LightningModule):
                   for i in range(0, nv, self.itm_batch_size)]
         return [(torch.cat([c[layer][0] for c in chunks]), torch.cat([c[layer][1] for c in chunks]))
                 for layer in range(len(chunks[0]))]
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Checkpoints of a fine-tuning run (they replace ModelCheckpoint callbacks given to the trainer)."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks: list[pl.Callback] = []
+        if self.hparams.save_best:
+            callbacks.append(ModelCheckpoint(monitor="itm/img_r1", mode="max", save_last=True,
+                                             filename="best-epoch{epoch}-t2v_r1_{itm/img_r1:.2f}",
+                                             auto_insert_metric_name=False))
+        if self.hparams.save_every_n_steps:
+            callbacks.append(ModelCheckpoint(monitor="step", mode="max", save_top_k=2, filename="step{step}",
+                                             every_n_train_steps=self.hparams.save_every_n_steps,
+                                             auto_insert_metric_name=False))
+        return callbacks
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_validation_epoch_start(self) -> None:
