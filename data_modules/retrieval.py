@@ -364,16 +364,26 @@ class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
             num_frames=num_frames, img_size=img_size, seed=seed, **kwargs,
         )
 
-    def prepare_data(self) -> None:
+    def _resolve(self, stages: tuple[str, ...]) -> None:
+        """Generate the splits these stages read (once, into cache_dir) and point the annotations at them."""
         from .synthetic import SyntheticConfig, ensure_dataset
 
         cache_dir, seed, sizes, frames, size = self.synthetic
-        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), sizes)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        splits = {s for stage in stages for s in wanted[stage]}
+        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size),
+                             {k: (v if k in splits else 0) for k, v in sizes.items()})
         h = self.hparams
-        h.test_annotation, h.val_annotation = str(out / "anno" / "test.json"), str(out / "anno" / "val.json")
-        h.train_annotation = str(out / "anno" / "train.json") if sizes["train"] else None
+        for split, attr in (("train", "train_annotation"), ("val", "val_annotation"), ("test", "test_annotation")):
+            if split in splits:
+                setattr(h, attr, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)
         h.video_root, h.tokenizer = str(out / "videos"), str(out / "tokenizer")
 
+    def prepare_data(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else None
+        self._resolve((stage,) if stage in ("fit", "validate", "test", "predict") else ("test",))
+
     def setup(self, stage: str) -> None:
-        self.prepare_data()  # idempotent: resolves the generated paths in every process
+        self._resolve((stage,))  # idempotent: resolves the generated paths in every process
         super().setup(stage)

@@ -8,6 +8,7 @@ mp4 files (mpeg4, PyAV) with UMT-format annotation JSON, so the evaluation runs 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,8 +123,12 @@ def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
             container.mux(packet)
 
 
-def generate_split(root: str | Path, split: str, num_videos: int, cfg: SyntheticConfig) -> Path:
-    """Write <root>/videos/<split>_<i>.mp4 and <root>/anno/<split>.json (UMT format); returns the JSON path."""
+def generate_split(root: str | Path, split: str, num_videos: int, cfg: SyntheticConfig, ann_name: str | None = None) -> Path:
+    """Write <root>/videos/<split>_<i>.mp4 and <root>/anno/<split>.json (UMT format); returns the JSON path.
+
+    Clip i of a split depends only on (seed, split, i): clips already on disk are kept (files are written to a
+    temporary name and renamed, so a present file is complete), and a larger split extends a smaller one.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     root = Path(root)
@@ -134,10 +139,16 @@ def generate_split(root: str | Path, split: str, num_videos: int, cfg: Synthetic
         rng = np.random.default_rng([cfg.seed, SPLITS[split], i])
         objects, caption = sample_clip(rng, cfg)
         name = f"{split}_{i:05d}.mp4"
-        write_mp4(root / "videos" / name, render_clip(rng, objects, cfg), cfg.fps)
+        path = root / "videos" / name
+        if not path.exists():
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.mp4")  # unique: DDP ranks may write together
+            write_mp4(tmp, render_clip(rng, objects, cfg), cfg.fps)
+            os.replace(tmp, path)
         entries.append({"video": name, "caption": caption, "objects": [asdict(o) for o in objects]})
-    ann = root / "anno" / f"{split}.json"
-    ann.write_text(json.dumps(entries, indent=0))
+    ann = root / "anno" / (ann_name or f"{split}.json")
+    tmp = ann.with_name(f".{ann.stem}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=0))
+    os.replace(tmp, ann)
     return ann
 
 
@@ -148,16 +159,17 @@ def vocabulary() -> list[str]:
 
 
 def ensure_dataset(root: str | Path, cfg: SyntheticConfig, sizes: dict[str, int]) -> Path:
-    """Generate (once) every split of sizes {split: num_videos} and a vocab.txt under root/<config key>/."""
-    key = f"seed{cfg.seed}_f{cfg.frames}_s{cfg.size}_o{cfg.max_objects}_d{cfg.distractors}_" + "_".join(
-        f"{k}{v}" for k, v in sorted(sizes.items()))
+    """Generate (once) the splits of sizes {split: num_videos} with n > 0, and a tokenizer/vocab.txt, under
+    root/<config key>/; annotations are anno/<split>_<n>.json. Only the splits asked for are written (an
+    evaluation of the test split does not generate the training set). Returns the dataset folder."""
+    key = f"seed{cfg.seed}_f{cfg.frames}_s{cfg.size}_o{cfg.max_objects}_d{cfg.distractors}"
     out = Path(root) / key
-    done = out / "DONE"
-    if not done.exists():
-        for split, n in sizes.items():
-            if n > 0:
-                generate_split(out, split, n, cfg)
-        (out / "tokenizer").mkdir(parents=True, exist_ok=True)
-        (out / "tokenizer" / "vocab.txt").write_text("\n".join(vocabulary()) + "\n")
-        done.write_text(json.dumps({"config": asdict(cfg), "sizes": sizes}))
+    for split, n in sizes.items():
+        if n > 0 and not (out / "anno" / f"{split}_{n}.json").exists():
+            generate_split(out, split, n, cfg, ann_name=f"{split}_{n}.json")
+    vocab = out / "tokenizer" / "vocab.txt"
+    if not vocab.exists():
+        vocab.parent.mkdir(parents=True, exist_ok=True)
+        vocab.write_text("\n".join(vocabulary()) + "\n")
+    (out / "config.json").write_text(json.dumps(asdict(cfg)))
     return out

@@ -69,3 +69,24 @@ def test_synthetic_datamodule_end_to_end(tmp_path):
     assert texts["input_ids"].shape == (5, 24) and (texts["input_ids"] != 1).all()  # no [UNK]: vocab covers the grammar
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["input_ids"].shape == (2, 24)
+
+
+def test_datamodule_generates_only_the_splits_a_stage_reads(tmp_path):
+    from data_modules.retrieval import SyntheticRetrievalDataModule
+
+    dm = SyntheticRetrievalDataModule(cache_dir=str(tmp_path), num_train=5, num_val=2, num_test=3, clip_frames=4,
+                                      clip_size=32, num_frames=2, img_size=32, num_workers=0)
+    dm.setup("test")
+    videos = sorted(p.name for p in tmp_path.glob("*/videos/*.mp4"))
+    assert videos == [f"test_{i:05d}.mp4" for i in range(3)]
+    assert len(dm.index("test").videos) == 3 and len(dm.eval_texts("test")["input_ids"]) == 3
+    dm.setup("fit")
+    names = {p.name.split("_")[0] for p in tmp_path.glob("*/videos/*.mp4")}
+    assert names == {"train", "val", "test"} and len(list(tmp_path.glob("*/videos/train_*.mp4"))) == 5
+    # a larger test split extends the smaller one with the same first clips
+    first = (next(tmp_path.glob("*/videos")) / "test_00000.mp4").read_bytes()
+    big = SyntheticRetrievalDataModule(cache_dir=str(tmp_path), num_train=0, num_val=0, num_test=4, clip_frames=4,
+                                       clip_size=32, num_frames=2, img_size=32, num_workers=0)
+    big.setup("test")
+    assert len(big.index("test").videos) == 4 and (next(tmp_path.glob("*/videos")) / "test_00000.mp4").read_bytes() == first
+    assert not list(tmp_path.glob("*/videos/.*"))  # no temporary files left
