@@ -1,0 +1,554 @@
+"""UMT vision-encoder throughput: videos/s, peak memory and GFLOPs with and without token merging.
+
+Rows (``--rows``, all five by default), for every (dtype, frames, batch):
+
+* ``ref-none`` / ``ref-vidtldr``: the reference path (``attention="explicit"``: the N x N map is materialised,
+  saliency from the unbiased probabilities, the official vid-TLDR semantics), without / with vid-TLDR;
+* ``fast-none`` / ``fast-tome`` / ``fast-vidtldr``: the fast path (``attention="fused"``:
+  ``scaled_dot_product_attention``, vid-TLDR saliency recomputed exactly from q / k in query chunks) without
+  merging, with ToMe and with vid-TLDR.
+
+Only the vision encoder is built (random init, seeded; throughput does not depend on the weights, and merge
+schedules fix the token counts). bf16 runs under ``torch.autocast`` (weights stay fp32). Each cell is the median
+over ``--iters`` timed iterations after ``--warmup`` untimed ones (CUDA events + synchronize on CUDA,
+``perf_counter`` on CPU), in ``torch.inference_mode``. "merge %" is the share of encoder time spent inside the
+merge modules (``LayerMerge``), measured in a separate eager pass with forward hooks so that the hooks do not
+disturb the main timing. GFLOPs per video are counted on the meta device (torch unit: 2 per multiply-add).
+
+Usage::
+
+    python benchmarks/encoder_throughput.py                          # UMT-B/16, 8 and 12 frames, batch 1/16/32, bf16 + fp32
+    python benchmarks/encoder_throughput.py --check --write BENCHMARKS.md   # + fp32 exactness check, (re)write the section
+    python benchmarks/encoder_throughput.py --compile                # torch.compile the fast rows
+    python benchmarks/encoder_throughput.py --model umt_tiny --frames 4 --batch 2 --dtype fp32 --iters 2 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import math
+import os
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vidtldr_pl.backbones.umt import UMT_CONFIGS, VisionTransformer
+from vidtldr_pl.flops import FlopReport, vision_flops
+from vidtldr_pl.flops.report import compact_tokens
+from vidtldr_pl.merging import LayerMerge, patch, unpatch
+
+SECTION = "## Encoder throughput"
+MSRVTT_R = "600,200,100"
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One benchmark row: attention path and merge method."""
+
+    key: str
+    path: str  # "reference" | "fast"
+    attention: str  # "explicit" | "fused"
+    method: str  # "none" | "tome" | "vidtldr"
+
+    @property
+    def label(self) -> str:
+        return {"none": "none", "tome": "ToMe", "vidtldr": "vid-TLDR"}[self.method]
+
+
+ROW_SPECS: dict[str, RowSpec] = {
+    s.key: s
+    for s in (
+        RowSpec("ref-none", "reference", "explicit", "none"),
+        RowSpec("ref-vidtldr", "reference", "explicit", "vidtldr"),
+        RowSpec("fast-none", "fast", "fused", "none"),
+        RowSpec("fast-tome", "fast", "fused", "tome"),
+        RowSpec("fast-vidtldr", "fast", "fused", "vidtldr"),
+    )
+}
+
+
+@dataclass
+class RowResult:
+    """Measurements of one row. videos_per_s is None when the row failed (error says why, e.g. OOM)."""
+
+    spec: RowSpec
+    frames: int
+    batch: int
+    dtype: str
+    gflops: float
+    tokens_per_layer: list[int]
+    videos_per_s: float | None = None
+    ms_per_batch: float | None = None
+    peak_gib: float | None = None
+    merge_share: float | None = None
+    vs_no_merge: float | None = None
+    vs_ref_vidtldr: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class CheckResult:
+    """fp32 reference vid-TLDR vs fast vid-TLDR on the same input and weights."""
+
+    frames: int
+    batch: int
+    max_abs_diff: float  # over the output tokens (inf when the shapes differ)
+    max_abs_diff_pooled: float
+    tokens_ref: list[int]
+    tokens_fast: list[int]
+
+    @property
+    def same_tokens(self) -> bool:
+        return self.tokens_ref == self.tokens_fast
+
+    def describe(self) -> str:
+        same = "yes" if self.same_tokens else f"NO (reference {self.tokens_ref}, fast {self.tokens_fast})"
+        return (f"{self.frames} frames, batch {self.batch}: max |ref - fast| = {self.max_abs_diff:.2e} (tokens), "
+                f"{self.max_abs_diff_pooled:.2e} (pooled); same tokens per layer: {same} "
+                f"[{compact_tokens(self.tokens_fast)}]")
+
+
+@dataclass
+class Report:
+    results: list[RowResult] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- model setup
+
+
+def build_encoder(model: str, device: torch.device | str, frames: int, seed: int = 0) -> VisionTransformer:
+    """The preset's vision encoder only (no text encoder), eval mode, seeded random init, on device.
+
+    The position table follows the input's frame count, so one encoder serves every ``--frames`` value.
+    """
+    if model not in UMT_CONFIGS:
+        raise ValueError(f"unknown UMT preset {model!r}; choose one of {sorted(UMT_CONFIGS)}")
+    cfg = UMT_CONFIGS[model](num_frames=frames).vision
+    torch.manual_seed(seed)
+    with torch.device(device):
+        encoder = VisionTransformer(cfg)
+    return encoder.eval().requires_grad_(False)
+
+
+def configure(encoder: VisionTransformer, spec: RowSpec, r: str) -> VisionTransformer:
+    """Set the row's attention path and merge method on encoder (in place)."""
+    encoder.encoder.set_attention(spec.attention)
+    unpatch(encoder)
+    if spec.method != "none":
+        patch(encoder, spec.method, r=r)
+    return encoder
+
+
+def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16: autocast (weights stay fp32); fp32: nothing."""
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def flop_report(meta_encoder: VisionTransformer, spec: RowSpec, frames: int, r: str) -> FlopReport:
+    """GFLOPs per video of the row's configuration, counted on the meta device (shapes only)."""
+    configure(meta_encoder, spec, r)
+    return vision_flops(meta_encoder, frames, meta_encoder.cfg.img_size, device="meta")
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def _mark(device: torch.device) -> torch.cuda.Event | float:
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def _seconds(start: torch.cuda.Event | float, end: torch.cuda.Event | float) -> float:
+    if isinstance(start, float):
+        return end - start
+    return start.elapsed_time(end) / 1e3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_encoder(fn: Callable[[Tensor], object], video: Tensor, iters: int, warmup: int) -> list[float]:
+    """Seconds per call of fn(video) for iters timed calls after warmup untimed ones (caller sets the modes)."""
+    device = video.device
+    for _ in range(warmup):
+        fn(video)
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = _mark(device)
+        fn(video)
+        end = _mark(device)
+        _sync(device)
+        times.append(_seconds(start, end))
+    return times
+
+
+@contextlib.contextmanager
+def _merge_hooks(encoder: nn.Module, device: torch.device, spans: list) -> Iterator[None]:
+    """Record (start, end) marks around every LayerMerge forward into spans."""
+    handles = []
+    for module in encoder.modules():
+        if isinstance(module, LayerMerge):
+            starts: list = []
+            handles.append(module.register_forward_pre_hook(lambda m, a, s=starts: s.append(_mark(device))))
+            handles.append(module.register_forward_hook(lambda m, a, o, s=starts: spans.append((s.pop(), _mark(device)))))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def profile_merge_share(encoder: nn.Module, video: Tensor, iters: int) -> float | None:
+    """Fraction of encoder time spent inside LayerMerge modules (eager, hooked pass; None without merging)."""
+    if iters <= 0 or not any(isinstance(m, LayerMerge) for m in encoder.modules()):
+        return None
+    device = video.device
+    spans: list = []
+    totals = []
+    with _merge_hooks(encoder, device, spans):
+        for _ in range(iters):
+            start = _mark(device)
+            encoder(video)
+            totals.append((start, _mark(device)))
+        _sync(device)
+    total = sum(_seconds(a, b) for a, b in totals)
+    merge = sum(_seconds(a, b) for a, b in spans)
+    return merge / total if total > 0 else None
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def measure_row(encoder: VisionTransformer, spec: RowSpec, video: Tensor, dtype: str, args: argparse.Namespace,
+                flops: FlopReport) -> RowResult:
+    """Time one configured row: throughput and peak memory, then the merge-share profiling pass."""
+    device = video.device
+    frames, batch = video.shape[2], video.shape[0]
+    row = RowResult(spec, frames, batch, dtype, flops.gflops, list(flops.tokens_per_layer))
+    fn: Callable[[Tensor], object] = encoder
+    if args.compile and spec.path == "fast":
+        torch._dynamo.reset()  # a fresh graph per row: no recompile-limit fallback to eager
+        fn = torch.compile(encoder)
+    try:
+        with torch.inference_mode(), precision(device, dtype):
+            _peak_reset(device)
+            times = time_encoder(fn, video, args.iters, args.warmup)
+            row.peak_gib = _peak_gib(device)
+            row.merge_share = profile_merge_share(encoder, video, args.profile_iters)
+    except RuntimeError as err:
+        if not _is_oom(err):
+            raise
+        row.error = "OOM"
+        return row
+    finally:
+        del fn
+        _peak_reset(device)
+    row.ms_per_batch = statistics.median(times) * 1e3
+    row.videos_per_s = statistics.median(batch / t for t in times)
+    return row
+
+
+def add_ratios(results: list[RowResult]) -> None:
+    """Speedups: merged rows vs no merging on the same path; fast vid-TLDR also vs reference vid-TLDR."""
+    index = {(r.spec.key, r.frames, r.batch, r.dtype): r for r in results}
+
+    def vps(key: str, r: RowResult) -> float | None:
+        other = index.get((key, r.frames, r.batch, r.dtype))
+        return other.videos_per_s if other is not None else None
+
+    for r in results:
+        if r.videos_per_s is None or r.spec.method == "none":
+            continue
+        base = vps("ref-none" if r.spec.path == "reference" else "fast-none", r)
+        r.vs_no_merge = r.videos_per_s / base if base else None
+        if r.spec.key == "fast-vidtldr":
+            ref = vps("ref-vidtldr", r)
+            r.vs_ref_vidtldr = r.videos_per_s / ref if ref else None
+
+
+# ----------------------------------------------------------------------------------------------- check
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def non_degenerate_weights(encoder: nn.Module, seed: int = 0) -> nn.Module:
+    """Re-draw every matrix as randn / sqrt(fan_in) (qkv x 2), as tests/test_merging.py does. The std-0.02 init
+    gives near-uniform attention: the raw saliency then spans ~1e-4 across tokens, so its min-max normalisation
+    turns one ulp of rounding into a different saliency and the comparison measures noise, not the two paths."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in encoder.named_parameters():
+            if p.ndim >= 2:
+                w = torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5 * (2.0 if "qkv" in name else 1.0)
+                p.copy_(w)
+    return encoder
+
+
+def check_exactness(encoder: VisionTransformer, frames: int, batch: int, r: str, seed: int = 0) -> CheckResult:
+    """fp32 (TF32 off): reference vid-TLDR vs fast vid-TLDR, same weights, same input (use
+    ``non_degenerate_weights`` first: see there)."""
+    device = next(encoder.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    size = encoder.cfg.img_size
+    video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
+    outs = {}
+    with torch.inference_mode(), _no_tf32():
+        for key in ("ref-vidtldr", "fast-vidtldr"):
+            configure(encoder, ROW_SPECS[key], r)
+            tokens, pooled, state = encoder(video, return_state=True)
+            outs[key] = tokens.float(), pooled.float(), list(state.tokens_per_layer)
+    (t_ref, p_ref, n_ref), (t_fast, p_fast, n_fast) = outs["ref-vidtldr"], outs["fast-vidtldr"]
+    diff = (t_ref - t_fast).abs().max().item() if t_ref.shape == t_fast.shape else math.inf
+    return CheckResult(frames, batch, diff, (p_ref - p_fast).abs().max().item(), n_ref, n_fast)
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+COLUMNS = ("path", "merge", "frames", "batch", "dtype", "tokens after each block", "GFLOPs/video", "videos/s",
+           "ms/batch", "peak GiB", "merge %", "vs no merge", "vs ref vid-TLDR")
+LEFT = {"path", "merge", "dtype", "tokens after each block"}
+
+
+def _num(value: float | None, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{suffix}"
+
+
+def _gflops(g: float) -> str:
+    return f"{g:.1f}" if g >= 10 else f"{g:.3g}"
+
+
+def row_cells(r: RowResult) -> list[str]:
+    """The table cells of one row (shared by the terminal and the Markdown table)."""
+    failed = r.error is not None
+    share = None if r.merge_share is None else 100 * r.merge_share
+    return [
+        r.spec.path, r.spec.label, str(r.frames), str(r.batch), r.dtype, compact_tokens(r.tokens_per_layer),
+        _gflops(r.gflops),
+        r.error if failed else _num(r.videos_per_s, ".1f"),
+        _num(r.ms_per_batch, ".1f"), _num(r.peak_gib, ".2f"), _num(share, ".1f"),
+        _num(r.vs_no_merge, ".2f", "x"), _num(r.vs_ref_vidtldr, ".2f", "x"),
+    ]
+
+
+def caption(args: argparse.Namespace, device: torch.device) -> str:
+    tf32 = "on" if torch.backends.cuda.matmul.allow_tf32 else "off"
+    parts = [
+        *(["bf16 = torch.autocast(bfloat16) over fp32 weights"] if "bf16" in args.dtype else []),
+        *([f"fp32 = float32, matmul TF32 {tf32}" if device.type == "cuda" else "fp32 = float32"] if "fp32" in args.dtype else []),
+        f"median of {args.iters} iters after {args.warmup} warm-up",
+        "peak GiB = max_memory_allocated incl. weights and input" if device.type == "cuda" else "peak memory not measured on CPU",
+        f"merge % from a separate hooked eager pass of {args.profile_iters} iters",
+    ]
+    if args.compile:
+        parts.append("fast rows torch.compile'd")
+    return "; ".join(parts)
+
+
+def title(args: argparse.Namespace) -> str:
+    return f"{args.model} vision encoder, r = [{args.r}]"
+
+
+def print_table(results: list[RowResult], args: argparse.Namespace, device: torch.device) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title(args), caption=caption(args, device))
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in LEFT else "right")
+    group = None
+    for r in results:
+        if group is not None and group != (r.dtype, r.frames, r.batch):
+            table.add_section()
+        group = (r.dtype, r.frames, r.batch)
+        table.add_row(*row_cells(r))
+    Console(width=200).print(table)
+
+
+def markdown_table(results: list[RowResult]) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if c in LEFT else "---:" for c in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in results]
+    return lines
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores available, torch threads: {torch.get_num_threads()}"
+
+
+def _pkg_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def section_body(report: Report, args: argparse.Namespace, device: torch.device, argv: Sequence[str]) -> str:
+    cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
+    command = " ".join(["python benchmarks/encoder_throughput.py", *(shlex.quote(a) for a in argv)])
+    lines = [
+        (f"Measured {_dt.date.today().isoformat()} on {device_name(device)} (Python {platform.python_version()}, "
+         f"torch {torch.__version__}{cuda}, Lightning {_pkg_version('lightning')})."),
+        "",
+        f"Command: `{command}`",
+        "",
+        (f"{args.model} vision encoder only (seeded random weights), r = [{args.r}] (one entry per block). "
+         "\"reference\": `attention=\"explicit\"` (N x N map materialised, official vid-TLDR semantics); "
+         "\"fast\": `attention=\"fused\"` (SDPA; vid-TLDR saliency recomputed exactly from q / k). "
+         "GFLOPs per video in torch's unit (2 per multiply-add, merge step included, counted on the meta device). "
+         f"{caption(args, device)}. \"merge %\" covers the `LayerMerge` modules only (matching, merge, and in the "
+         "fast path the saliency pass); the reference path's extra unbiased softmax is inside attention. "
+         "\"vs no merge\": videos/s over the same path without merging; "
+         "\"vs ref vid-TLDR\": fast vid-TLDR over reference vid-TLDR."),
+        "",
+        *markdown_table(report.results),
+    ]
+    if report.checks:
+        header = ("fp32 exactness check (`--check`: reference vs fast vid-TLDR, same weights and input, TF32 off; "
+                  "weights re-drawn as randn / sqrt(fan_in), qkv x 2, so that attention is not near-uniform):")
+        lines += ["", header, ""]
+        lines += [f"- {c.describe()}" for c in report.checks]
+    return "\n".join(lines)
+
+
+def write_section(md_path: Path, body: str, heading: str = SECTION) -> None:
+    """Replace the section that starts with the line ``heading`` (up to the next ``#``/``##`` heading) with
+    heading + body; append it when missing. Every other byte of the file is kept."""
+    text = md_path.read_text() if md_path.exists() else "# Benchmarks\n"
+    block = f"{heading}\n\n{body.rstrip()}\n"
+    match = re.search(rf"^{re.escape(heading)}[ \t]*$", text, flags=re.MULTILINE)
+    if match is None:
+        text = (text if text.endswith("\n") else text + "\n") + "\n" + block
+    else:
+        nxt = re.search(r"^#{1,2} ", text[match.end():], flags=re.MULTILINE)
+        tail = "" if nxt is None else "\n" + text[match.end() + nxt.start():]
+        text = text[: match.start()] + block + tail
+    md_path.write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="umt_b16", choices=sorted(UMT_CONFIGS))
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 12])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 32])
+    parser.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--rows", nargs="+", default=list(ROW_SPECS), choices=list(ROW_SPECS))
+    parser.add_argument("--r", default=MSRVTT_R, help="per-block r list (MSRVTT schedule by default)")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per row")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per row (include compilation)")
+    parser.add_argument("--profile-iters", type=int, default=3, help="iterations of the hooked merge-share pass (0: skip)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder for the fast rows")
+    parser.add_argument("--check", action="store_true", help="fp32 exactness check: reference vs fast vid-TLDR")
+    parser.add_argument("--check-batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's own; 1 avoids thrashing on a busy machine)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", type=Path, default=None, help="replace the '## Encoder throughput' section there")
+    args = parser.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        parser.error("--iters must be >= 1 and --warmup >= 0")
+    return args
+
+
+def run_rows(args: argparse.Namespace, device: torch.device) -> list[RowResult]:
+    encoder = build_encoder(args.model, device, args.frames[0], args.seed)
+    meta = build_encoder(args.model, "meta", args.frames[0], args.seed)
+    specs = [ROW_SPECS[k] for k in args.rows]
+    flops = {(s.key, f): flop_report(meta, s, f, args.r) for s in specs for f in args.frames}
+    size = encoder.cfg.img_size
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    results = []
+    for dtype in args.dtype:
+        for frames in args.frames:
+            for batch in args.batch:
+                video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
+                for spec in specs:
+                    configure(encoder, spec, args.r)
+                    results.append(measure_row(encoder, spec, video, dtype, args, flops[(spec.key, frames)]))
+                del video
+    add_ratios(results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> Report:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # events and peak-memory stats follow the current device
+    report = Report(results=run_rows(args, device))
+    print_table(report.results, args, device)
+    if args.check:
+        encoder = non_degenerate_weights(build_encoder(args.model, device, args.frames[0], args.seed), args.seed)
+        report.checks = [check_exactness(encoder, f, args.check_batch, args.r, args.seed) for f in args.frames]
+        print("fp32 exactness check, reference vs fast vid-TLDR (same non-degenerate weights and input, TF32 off):")
+        for c in report.checks:
+            print(f"  {c.describe()}")
+    if args.write is not None:
+        write_section(args.write, section_body(report, args, device, argv))
+        print(f"updated {args.write}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
