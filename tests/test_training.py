@@ -150,3 +150,26 @@ def test_gradient_checkpointing_with_merging_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_temp_is_zero_d_in_state_dicts_and_old_optimizer_states_resume():
+    """UMT.temp is a (1,) parameter (DeepSpeed cannot broadcast 0-d ones) but 0-d in every state dict (official
+    layout); AdamW moments saved while it was 0-d are reshaped when a training checkpoint is loaded."""
+    task = RetrievalTask("umt_tiny")
+    assert task.model.temp.shape == (1,) and task.model.state_dict()["temp"].shape == ()
+    task.model.load_state_dict({**task.model.state_dict(), "temp": torch.tensor(0.05)})
+    assert task.model.temp.item() == pytest.approx(0.05)
+    decay, no_decay = task._param_groups()
+    params = [p for _, p in decay + no_decay]
+    position = [n for n, _ in decay + no_decay].index("model.temp")
+    optimizer = torch.optim.AdamW([{"params": params}])
+    saved = optimizer.state_dict()
+    saved["state"] = {position: {"step": torch.tensor(3.0), "exp_avg": torch.tensor(0.1), "exp_avg_sq": torch.tensor(0.2)}}
+    checkpoint = {"optimizer_states": [saved]}
+    task.on_load_checkpoint(checkpoint)
+    state = checkpoint["optimizer_states"][0]["state"][position]
+    assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (1,) and state["step"].shape == ()
+    optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    task.model.temp.grad = torch.ones(1)
+    optimizer.step()  # 0-d moments with a (1,) gradient would raise here
+    assert optimizer.state[task.model.temp]["exp_avg"].shape == (1,)

@@ -24,12 +24,20 @@ PREFIX = "model."
 
 def consolidate_deepspeed(folder: str | Path, out_file: str | Path) -> Path:
     """DeepSpeed sharded checkpoint folder -> one fp32 Lightning checkpoint file (needs the deepspeed package)."""
-    try:
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-    except ImportError as err:  # pragma: no cover - depends on the optional extra
+    if not (Path(folder) / "latest").is_file():
+        raise CheckpointError(f"{folder} is a folder but not a DeepSpeed checkpoint (no 'latest' file naming its "
+                              "tag folder); give a Lightning .ckpt file or the .ckpt/ folder DeepSpeed wrote")
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:  # Lightning's converter only raises ModuleNotFoundError then
         raise CheckpointError(f"{folder} is a DeepSpeed checkpoint folder; consolidating it needs deepspeed "
-                              "(pip install -e '.[deepspeed]')") from err
-    convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(out_file))
+                              "(pip install -e '.[deepspeed]')")
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    try:
+        convert_zero_checkpoint_to_fp32_state_dict(str(folder), str(out_file))
+    except (OSError, ValueError) as err:  # missing tag folder or shard files
+        raise CheckpointError(f"{folder} is not a complete DeepSpeed checkpoint: {err}") from err
     return Path(out_file)
 
 
@@ -42,6 +50,8 @@ def umt_state_from_checkpoint(path: str | Path) -> dict[str, Tensor]:
     state = read_state_dict(path)  # weights_only; unwraps "state_dict"
     if state and all(k.startswith(PREFIX) for k in state):
         state = {k[len(PREFIX):]: v for k, v in state.items()}
+    if "temp" in state and state["temp"].numel() == 1:  # DeepSpeed consolidates the (1,) parameter; official is 0-d
+        state["temp"] = state["temp"].reshape(())
     if not any(k.startswith("vision_encoder.") for k in state):
         raise CheckpointError(f"{path}: no vision_encoder.* weights (is this a RetrievalTask checkpoint?)")
     return state

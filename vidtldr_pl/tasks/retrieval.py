@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..backbones.umt import create_umt
 from ..backbones.umt.vision import VisionTransformer
@@ -394,12 +394,10 @@ class RetrievalTask(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW without decay on biases, norms and temp; per-step warm-up + cosine (official schedule)."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        decay, no_decay = self._param_groups()
         h = self.hparams
-        groups = [{"params": decay, "weight_decay": h.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": [p for _, p in decay], "weight_decay": h.weight_decay},
+                  {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         if h.optimizer == "adamw":
             optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
         elif h.optimizer == "deepspeed_cpu_adam":  # ZeRO-Offload keeps the optimizer step on the CPU
@@ -414,6 +412,27 @@ class RetrievalTask(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup, total, h.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _param_groups(self) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+        """(decay, no_decay) named trainable parameters, in the optimizer's order."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append((name, p))
+        return decay, no_decay
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume checkpoints written while ``UMT.temp`` was a 0-d parameter: its AdamW moments become (1,)."""
+        decay, no_decay = self._param_groups()
+        names = [n for n, _ in decay + no_decay]
+        if "model.temp" not in names:
+            return
+        position = names.index("model.temp")
+        for opt in checkpoint.get("optimizer_states", []):
+            state = opt.get("state", {}).get(position) if isinstance(opt, dict) else None
+            for key, value in (state or {}).items():
+                if key != "step" and isinstance(value, Tensor) and value.ndim == 0:
+                    state[key] = value.reshape(1)
 
     def _fusion_memory_cache(self, tokens: Tensor, video_tokens: Callable[[Tensor], Tensor]) -> list | None:
         """Cross-attention keys / values of every video (per fusion layer, (Nv, H, N', hd) on this device) when they

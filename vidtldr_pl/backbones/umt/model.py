@@ -59,6 +59,18 @@ def _demo(**kw: Any) -> UMTConfig:
 UMT_CONFIGS = {"umt_b16": _b16, "umt_l16": _l16, "umt_tiny": _tiny, "umt_demo": _demo}
 
 
+def _temp_to_scalar(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, local_metadata: Any) -> None:
+    key = prefix + "temp"
+    if key in state_dict and state_dict[key].numel() == 1:
+        state_dict[key] = state_dict[key].reshape(())
+
+
+def _temp_from_scalar(state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    key = prefix + "temp"
+    if key in state_dict and state_dict[key].numel() == 1:
+        state_dict[key] = state_dict[key].reshape(1)
+
+
 class UMT(nn.Module):
     """UMT retrieval model. Videos are (B, T, 3, H, W) as the official ``encode_vision`` takes them."""
 
@@ -72,7 +84,11 @@ class UMT(nn.Module):
         self.vision_proj = nn.Linear(cfg.vision.embed_dim, cfg.embed_dim)
         self.text_proj = nn.Linear(cfg.text.hidden_size, cfg.embed_dim)
         self.itm_head = nn.Linear(cfg.text.hidden_size, 2)
-        self.temp = nn.Parameter(torch.tensor(cfg.temp))
+        # (1,) and not 0-d: DeepSpeed broadcasts / partitions parameters as uint8 views, impossible for a 0-d tensor.
+        # State dicts keep the official 0-d ``temp`` (hooks below), so checkpoints load and export unchanged.
+        self.temp = nn.Parameter(torch.tensor([cfg.temp]))
+        self._register_state_dict_hook(_temp_to_scalar)
+        self._register_load_state_dict_pre_hook(_temp_from_scalar)
 
     def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """video: (B, T, 3, H, W) -> (tokens (B, N', Dv) for ITM, pooled (B, Dv))."""
