@@ -233,22 +233,39 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         dataset = RetrievalTrainDataset(index, self._decoder(True), transform, tokens)
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed,
-                                   drop_last=True)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=h.seed, drop_last=True)
         if trainer is not None:
-            sampler.set_epoch(trainer.current_epoch)
-            sampler.skip = resumed_batches(trainer) * self.hparams.batch_size
+            epoch_len = epoch_length(trainer, len(sampler) // h.batch_size)
+
+            def position() -> tuple[int, int]:  # read when each pass starts: resumes at the right epoch and sample
+                epoch, done = trained_position(trainer, epoch_len)
+                return epoch, done * h.batch_size
+
+            sampler.position = position
         return ResumableDataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.hparams.num_workers, collate_fn=collate_skipping,
                           persistent_workers=self.hparams.num_workers > 0)
 
 
-def resumed_batches(trainer: pl.Trainer) -> int:
-    """Training batches of the current epoch already done when the trainer resumes from a mid-epoch checkpoint."""
-    fit_loop = trainer.fit_loop
-    if not fit_loop.restarting:
-        return 0
-    return int(fit_loop.epoch_loop.batch_progress.current.processed)
+def epoch_length(trainer: pl.Trainer, batches: int) -> int:
+    """Training batches per epoch under ``limit_train_batches`` (an int caps, a float is a fraction)."""
+    limit = trainer.limit_train_batches
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
+def trained_position(trainer: pl.Trainer, epoch_len: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained) where the next training batch comes from.
+
+    Derived from the count of all training batches processed (restored with a checkpoint), not from Lightning's
+    epoch counters: a checkpoint written after an epoch's last batch or after its validation does not count that
+    epoch as finished when the loader is built, and a ``max_steps`` run restarted there can pass ``set_epoch`` an
+    epoch ahead of ``current_epoch``. Every epoch has ``epoch_len`` batches (drop_last)."""
+    total = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+    if epoch_len <= 0:
+        return trainer.current_epoch, 0
+    return divmod(total, epoch_len)
 
 
 # ---------------------------------------------------------------------- benchmark presets

@@ -4,11 +4,12 @@ workers, and resumable in the middle of an epoch.
 ``ResumableSampler`` is a ``DistributedSampler`` (so Lightning keeps it under DDP instead of wrapping it) that also
 serves a single process; it yields ``(index, sample_seed)`` pairs, and the dataset seeds its frame sampling and
 augmentation with ``sample_seed``. ``skip`` drops the first samples of the next pass only (resuming mid-epoch).
+Under a trainer the sampler takes its place from ``position`` when a pass starts (the count of batches trained), so a
+resumed run continues at the right epoch and sample whatever epoch number Lightning passes to ``set_epoch``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -28,15 +29,20 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class ResumableSampler(DistributedSampler):
     """Seeded shuffling per epoch (``set_epoch``), this process's share of the data, ``(index, seed)`` pairs.
 
-    Args: dataset; num_replicas / rank (1 / 0 on one process); shuffle; seed; drop_last (as DistributedSampler).
+    Args: dataset; num_replicas / rank (1 / 0 on one process); shuffle; seed; drop_last (as DistributedSampler);
+        position: called when a pass starts, returns (epoch, samples of it already trained); it overrides
+        ``set_epoch`` and ``skip`` (the DataModule passes the trainer's count of processed batches).
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, position: Callable[[], tuple[int, int]] | None = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.skip = 0
+        self.position = position
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.position is not None:
+            self.epoch, self.skip = self.position()
         indices = list(super().__iter__())
         skip, self.skip = self.skip, 0
         for i in indices[skip:]:
@@ -46,8 +52,8 @@ class ResumableSampler(DistributedSampler):
 class ResumableDataLoader(DataLoader):
     """A DataLoader over a ResumableSampler that Lightning saves with its checkpoints (``state_dict``).
 
-    The position inside the epoch is not stored here: the DataModule derives it from the restored trainer progress
-    (batches already processed) when it builds the loader, which stays right however many batches Lightning had
+    The position inside the epoch is not stored here: the sampler derives it from the restored trainer progress
+    (batches already processed) when a pass starts, which stays right however many batches Lightning had
     prefetched when it saved. The state records the sampling seed and epoch, and a checkpoint written with a
     different seed is refused (its remaining data order would silently differ).
     """

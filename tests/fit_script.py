@@ -1,12 +1,13 @@
 """A small fine-tuning run of RetrievalTask on the synthetic benchmark; run as a program, not collected by pytest.
 
-    python tests/fit_script.py OUT_DIR [--max-steps 8] [--kill-at STEP] [--resume CKPT] [--devices N]
+    python tests/fit_script.py OUT_DIR [--max-steps 8 | --max-epochs E] [--kill-at STEP] [--resume CKPT] [--devices N]
                                        [--num-nodes N] [--merge vidtldr]
 
 umt_tiny (4 frames, 64 px), 24 training captions, batch 4 (6 batches per epoch), text dropout on, vid-TLDR merging
 during training, a checkpoint after every step (OUT_DIR/ckpt/last.ckpt). Every process appends
 {"step", "rank", "loss", "vtc", "vtm"} per training step to OUT_DIR/losses.jsonl. ``--kill-at K`` kills the process
 (SIGKILL, no clean-up) when step K is about to start, i.e. after the checkpoint of step K-1 was written.
+``--val-each-epoch`` validates after every epoch and checkpoints there instead (OUT_DIR/checkpoints/last.ckpt).
 With ``--validate`` the test split is evaluated after fitting and rank 0 writes OUT_DIR/results.json.
 Under torchrun (2 nodes), Lightning reads the ranks from the environment.
 """
@@ -57,12 +58,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--max-steps", type=int, default=8)
+    ap.add_argument("--max-epochs", type=int, help="train by epochs (as the configs do) instead of --max-steps")
     ap.add_argument("--kill-at", type=int)
     ap.add_argument("--resume")
     ap.add_argument("--devices", type=int, default=1)
     ap.add_argument("--num-nodes", type=int, default=1)
     ap.add_argument("--merge", default="vidtldr")
     ap.add_argument("--validate", action="store_true")
+    ap.add_argument("--val-each-epoch", action="store_true", help="validate at the end of every training epoch")
     ap.add_argument("--cache", default=None, help="synthetic data cache (default OUT/../synthetic)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -75,18 +78,23 @@ def main() -> None:
         clip_frames=8, clip_size=64, num_frames=4, img_size=64, batch_size=4, eval_batch_size=3, num_workers=1,
         max_txt_len=24,
     )
-    task = RetrievalTask("umt_tiny", k_test=3, lr=1e-3, warmup_epochs=0.5, seed=0, save_best=False)
-    callbacks = [RecordLosses(out / "losses.jsonl"),
-                 ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=-1,
-                                 filename="step{step}")]
+    # with --val-each-epoch the task's own checkpoints (best by validation R@1 and last, written after validation)
+    task = RetrievalTask("umt_tiny", k_test=3, lr=1e-3, warmup_epochs=0.5, seed=0, save_best=args.val_each_epoch)
+    callbacks = [RecordLosses(out / "losses.jsonl")]
+    if not args.val_each_epoch:
+        callbacks.append(ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=-1,
+                                         filename="step{step}"))
     if args.merge != "none":
         callbacks.append(TokenMerging(args.merge, r=[12, 8]))
     if args.kill_at is not None:
         callbacks.append(KillAt(args.kill_at))
     strategy = "ddp" if args.devices * args.num_nodes > 1 else "auto"
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
-                         max_steps=args.max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, callbacks=callbacks, deterministic=True)
+    trainer = pl.Trainer(accelerator="cpu", default_root_dir=out, devices=args.devices, num_nodes=args.num_nodes,
+                         strategy=strategy,
+                         max_steps=-1 if args.max_epochs else args.max_steps,
+                         max_epochs=args.max_epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=1.0 if args.val_each_epoch else 0, num_sanity_val_steps=0,
+                         callbacks=callbacks, deterministic=True)
     trainer.fit(task, datamodule=dm, ckpt_path=args.resume)
     if args.validate:
         trainer.limit_test_batches = 1.0

@@ -36,25 +36,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_kill_and_resume_continues_exactly(tmp_path):
+RESUME_CASES = {
+    # name: (length and validation options, kill before this step, checkpoint written last); 6 batches per epoch
+    "mid-epoch": (["--max-steps", "8"], 4, "ckpt/last.ckpt"),
+    "mid-epoch, by epochs": (["--max-epochs", "2"], 10, "ckpt/last.ckpt"),
+    "after the epoch's last batch": (["--max-steps", "9"], 6, "ckpt/last.ckpt"),
+    "after validation, by epochs": (["--max-epochs", "2", "--val-each-epoch"], 7, "checkpoints/last.ckpt"),
+    "after validation, max_steps": (["--max-steps", "9", "--val-each-epoch"], 7, "checkpoints/last.ckpt"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_kill_and_resume_continues_exactly(tmp_path, case):
+    """SIGKILL, resume from the newest checkpoint: every step after it trains on the same samples with the same loss
+    as an uninterrupted run, wherever the checkpoint was written (Lightning counts a checkpoint taken after an
+    epoch's last batch or its validation as inside that epoch; the data position must not)."""
+    options, kill_at, ckpt = RESUME_CASES[case]
     cache = tmp_path / "synthetic"
-    full = _fit(tmp_path / "full", "--max-steps", "8", cache=cache)
+    full = _fit(tmp_path / "full", *options, cache=cache)
     assert full.returncode == 0, full.stderr[-3000:]
-    # killed (SIGKILL) before step 5 of 8: mid-epoch (6 batches per epoch), checkpoint of step 4 on disk
-    killed = _fit(tmp_path / "run", "--max-steps", "8", "--kill-at", "4", cache=cache)
+    killed = _fit(tmp_path / "run", *options, "--kill-at", str(kill_at), cache=cache)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert [r["step"] for r in _losses(tmp_path / "run")] == [1, 2, 3, 4]
-    resumed = _fit(tmp_path / "run", "--max-steps", "8", "--resume", str(tmp_path / "run" / "ckpt" / "last.ckpt"),
-                   cache=cache)
+    assert [r["step"] for r in _losses(tmp_path / "run")][-1] == kill_at
+    resumed = _fit(tmp_path / "run", *options, "--resume", str(tmp_path / "run" / ckpt), cache=cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
-    want, got = _losses(tmp_path / "full"), _losses(tmp_path / "run")
-    assert [r["step"] for r in got] == list(range(1, 9))
-    for a, b in zip(want, got):  # same step, same samples, same losses (CPU, same kernels: bit-equal)
-        assert (a["step"], a["epoch"], a["videos"]) == (b["step"], b["epoch"], b["videos"])
+    want = _losses(tmp_path / "full")
+    got = {r["step"]: r for r in _losses(tmp_path / "run")}  # a step redone after the kill: its second record
+    assert sorted(got) == [r["step"] for r in want] == list(range(1, len(want) + 1))
+    for a in want:  # same step, same samples, same losses (CPU, same kernels: bit-equal)
+        b = got[a["step"]]
+        assert (a["epoch"], a["videos"]) == (b["epoch"], b["videos"]), a["step"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["vtm"] == pytest.approx(b["vtm"], abs=1e-6)
-    # the second epoch reshuffles
-    assert [r["videos"] for r in want[6:8]] != [r["videos"] for r in want[0:2]]
+    assert [r["videos"] for r in want[6:8]] != [r["videos"] for r in want[0:2]]  # the second epoch reshuffles
 
 
 def test_ddp_two_processes_and_two_nodes(tmp_path):

@@ -89,6 +89,27 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(100, 10, 100, 0.01) == 0.01
 
 
+class _LrProbe(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_lr_follows_warmup_and_cosine_over_the_whole_run():
+    """The schedule learns the run's length on its first step (not when the optimizer is built, which would load
+    the training data before a resumed run's progress is restored): 2 epochs x 4 batches, warm-up half an epoch."""
+    task = RetrievalTask("umt_tiny", lr=1e-3, warmup_epochs=0.5, min_lr_ratio=0.01)
+    probe = _LrProbe()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[probe])
+    trainer.fit(task, train_dataloaders=DataLoader(_Pairs(8), batch_size=2))
+    want = [1e-3 * warmup_cosine(step, 2, 8, 0.01) for step in range(8)]
+    assert probe.lrs == pytest.approx(want, rel=1e-9, abs=1e-15)
+    assert probe.lrs[0] == 0 and probe.lrs[2] == pytest.approx(1e-3)
+
+
 class _Pairs(Dataset):
     def __init__(self, n: int = 8) -> None:
         g = torch.Generator().manual_seed(0)

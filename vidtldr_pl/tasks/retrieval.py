@@ -188,6 +188,7 @@ class RetrievalTask(pl.LightningModule):
         self.reuse_text_features = reuse_text_features
         self.results: dict[str, Any] = {}
         self.tokens_per_layer: list[int] | None = None
+        self._schedule: tuple[int, int] | None = None  # (warm-up steps, total steps), known once training runs
         self._text_cache: dict[str, tuple[Tensor, dict[str, Tensor]]] = {}
         self._reset()
 
@@ -406,12 +407,24 @@ class RetrievalTask(pl.LightningModule):
             optimizer = DeepSpeedCPUAdam(groups, lr=h.lr, betas=tuple(h.betas), adamw_mode=True)
         else:
             raise ValueError(f"optimizer must be 'adamw' or 'deepspeed_cpu_adam', got {h.optimizer!r}")
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(h.warmup_epochs * total / epochs))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, h.min_lr_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        """The warm-up + cosine multiplier at optimizer step ``step``.
+
+        The run's length is read on the first step after 0, not when the optimizer is built: asking the trainer for
+        ``estimated_stepping_batches`` there would build the training loader before a resumed run's progress is
+        restored, and the resumed epoch would start from the wrong data position. Step 0 needs no length (0 with a
+        warm-up, 1 without)."""
+        if step == 0:
+            return 0.0 if self.hparams.warmup_epochs > 0 else 1.0
+        if self._schedule is None:
+            total = int(self.trainer.estimated_stepping_batches)
+            epochs = max(1, self.trainer.max_epochs or 1)
+            self._schedule = (round(self.hparams.warmup_epochs * total / epochs), total)
+        warmup, total = self._schedule
+        return warmup_cosine(step, warmup, total, self.hparams.min_lr_ratio)
 
     def _param_groups(self) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
         """(decay, no_decay) named trainable parameters, in the optimizer's order."""
