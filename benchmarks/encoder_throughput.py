@@ -5,8 +5,8 @@ Rows (``--rows``, all five by default), for every (dtype, frames, batch):
 * ``ref-none`` / ``ref-vidtldr``: the reference path (``attention="explicit"``: the N x N map is materialised,
   saliency from the unbiased probabilities, the official vid-TLDR semantics), without / with vid-TLDR;
 * ``fast-none`` / ``fast-tome`` / ``fast-vidtldr``: the fast path (``attention="fused"``:
-  ``scaled_dot_product_attention``, vid-TLDR saliency recomputed exactly from q / k in query chunks) without
-  merging, with ToMe and with vid-TLDR.
+  ``scaled_dot_product_attention``, vid-TLDR saliency recomputed exactly from q / k: the Triton kernels on CUDA,
+  query chunks in PyTorch elsewhere; ``--saliency-backend`` forces one) without merging, with ToMe and with vid-TLDR.
 
 Only the vision encoder is built (random init, seeded; throughput does not depend on the weights, and merge
 schedules fix the token counts). bf16 runs under ``torch.autocast`` (weights stay fp32). Each cell is the median
@@ -51,7 +51,15 @@ sys.path.insert(0, str(ROOT))
 from vidtldr_pl.backbones.umt import UMT_CONFIGS, VisionTransformer
 from vidtldr_pl.flops import FlopReport, vision_flops
 from vidtldr_pl.flops.report import compact_tokens
-from vidtldr_pl.merging import LayerMerge, patch, unpatch
+from vidtldr_pl.merging import (
+    SALIENCY_BACKENDS,
+    LayerMerge,
+    negative_entropy_from_probs,
+    negative_entropy_from_qk,
+    patch,
+    unpatch,
+)
+from vidtldr_pl.ops.saliency_triton import HAS_TRITON
 
 SECTION = "## Encoder throughput"
 MSRVTT_R = "600,200,100"
@@ -113,6 +121,9 @@ class CheckResult:
     max_abs_diff_pooled: float
     tokens_ref: list[int]
     tokens_fast: list[int]
+    saliency_rel_err: float = math.nan  # raw saliency at the first merging block (same input on both paths)
+    same_sources: bool = False  # the same original tokens in every output token
+    saliency_backend: str = "chunked"
 
     @property
     def same_tokens(self) -> bool:
@@ -120,9 +131,11 @@ class CheckResult:
 
     def describe(self) -> str:
         same = "yes" if self.same_tokens else f"NO (reference {self.tokens_ref}, fast {self.tokens_fast})"
-        return (f"{self.frames} frames, batch {self.batch}: max |ref - fast| = {self.max_abs_diff:.2e} (tokens), "
-                f"{self.max_abs_diff_pooled:.2e} (pooled); same tokens per layer: {same} "
-                f"[{compact_tokens(self.tokens_fast)}]")
+        return (f"{self.frames} frames, batch {self.batch}, fast saliency {self.saliency_backend}: "
+                f"max |ref - fast| = {self.max_abs_diff:.2e} (tokens), {self.max_abs_diff_pooled:.2e} (pooled); "
+                f"raw saliency relative error {self.saliency_rel_err:.1e} (first merging block); "
+                f"same tokens merged: {'yes' if self.same_sources else 'NO'}; "
+                f"same tokens per layer: {same} [{compact_tokens(self.tokens_fast)}]")
 
 
 @dataclass
@@ -148,13 +161,22 @@ def build_encoder(model: str, device: torch.device | str, frames: int, seed: int
     return encoder.eval().requires_grad_(False)
 
 
-def configure(encoder: VisionTransformer, spec: RowSpec, r: str) -> VisionTransformer:
-    """Set the row's attention path and merge method on encoder (in place)."""
+def configure(encoder: VisionTransformer, spec: RowSpec, r: str, saliency_backend: str = "auto") -> VisionTransformer:
+    """Set the row's attention path and merge method on encoder (in place); saliency_backend: vid-TLDR's q / k
+    saliency ("auto": the Triton kernels on CUDA, chunked PyTorch elsewhere)."""
     encoder.encoder.set_attention(spec.attention)
     unpatch(encoder)
     if spec.method != "none":
-        patch(encoder, spec.method, r=r)
+        options = {"saliency_backend": saliency_backend} if spec.method == "vidtldr" else {}
+        patch(encoder, spec.method, r=r, **options)
     return encoder
+
+
+def resolved_saliency_backend(backend: str, device: torch.device) -> str:
+    """What "auto" becomes on device (the rule of vidtldr_pl.merging.saliency.negative_entropy_from_qk)."""
+    if backend != "auto":
+        return backend
+    return "triton" if device.type == "cuda" and HAS_TRITON else "chunked"
 
 
 def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -165,8 +187,9 @@ def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 
 
 def flop_report(meta_encoder: VisionTransformer, spec: RowSpec, frames: int, r: str) -> FlopReport:
-    """GFLOPs per video of the row's configuration, counted on the meta device (shapes only)."""
-    configure(meta_encoder, spec, r)
+    """GFLOPs per video of the row's configuration, counted on the meta device (shapes only; the saliency is
+    counted as the chunked path computes it: one q k^T per merging layer)."""
+    configure(meta_encoder, spec, r, saliency_backend="chunked")
     return vision_flops(meta_encoder, frames, meta_encoder.cfg.img_size, device="meta")
 
 
@@ -330,22 +353,40 @@ def non_degenerate_weights(encoder: nn.Module, seed: int = 0) -> nn.Module:
     return encoder
 
 
-def check_exactness(encoder: VisionTransformer, frames: int, batch: int, r: str, seed: int = 0) -> CheckResult:
+def check_exactness(encoder: VisionTransformer, frames: int, batch: int, r: str, seed: int = 0,
+                    saliency_backend: str = "auto") -> CheckResult:
     """fp32 (TF32 off): reference vid-TLDR vs fast vid-TLDR, same weights, same input (use
-    ``non_degenerate_weights`` first: see there)."""
+    ``non_degenerate_weights`` first: see there). Compares the outputs, which original tokens every output token
+    holds, and the raw saliency at the first merging block (whose input is the same on both paths)."""
     device = next(encoder.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     size = encoder.cfg.img_size
     video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
-    outs = {}
+    backend = resolved_saliency_backend(saliency_backend, device)
+    outs, raw = {}, {}
     with torch.inference_mode(), _no_tf32():
         for key in ("ref-vidtldr", "fast-vidtldr"):
-            configure(encoder, ROW_SPECS[key], r)
-            tokens, pooled, state = encoder(video, return_state=True)
-            outs[key] = tokens.float(), pooled.float(), list(state.tokens_per_layer)
-    (t_ref, p_ref, n_ref), (t_fast, p_fast, n_fast) = outs["ref-vidtldr"], outs["fast-vidtldr"]
+            configure(encoder, ROW_SPECS[key], r, backend)
+            encoder.encoder.merge_settings.trace_source = True
+            first = next(m for m in encoder.modules() if isinstance(m, LayerMerge) and m.r)
+
+            def grab(module: nn.Module, args: tuple, key: str = key) -> None:
+                attn = args[2]
+                raw[key] = (negative_entropy_from_probs(attn.probs) if attn.probs is not None
+                            else negative_entropy_from_qk(attn.q, attn.k, backend=backend))
+
+            handle = first.register_forward_pre_hook(grab)
+            try:
+                tokens, pooled, state = encoder(video, return_state=True)
+            finally:
+                handle.remove()
+            outs[key] = tokens.float(), pooled.float(), list(state.tokens_per_layer), state.source
+    (t_ref, p_ref, n_ref, s_ref), (t_fast, p_fast, n_fast, s_fast) = outs["ref-vidtldr"], outs["fast-vidtldr"]
     diff = (t_ref - t_fast).abs().max().item() if t_ref.shape == t_fast.shape else math.inf
-    return CheckResult(frames, batch, diff, (p_ref - p_fast).abs().max().item(), n_ref, n_fast)
+    rel = ((raw["fast-vidtldr"] - raw["ref-vidtldr"]).abs() / raw["ref-vidtldr"].abs()).max().item()
+    same_sources = s_ref.shape == s_fast.shape and bool(torch.equal(s_ref > 0, s_fast > 0))
+    return CheckResult(frames, batch, diff, (p_ref - p_fast).abs().max().item(), n_ref, n_fast, rel, same_sources,
+                       backend)
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -384,6 +425,7 @@ def caption(args: argparse.Namespace, device: torch.device) -> str:
         f"median of {args.iters} iters after {args.warmup} warm-up",
         "peak GiB = max_memory_allocated incl. weights and input" if device.type == "cuda" else "peak memory not measured on CPU",
         f"merge % from a separate hooked eager pass of {args.profile_iters} iters",
+        f"fast vid-TLDR saliency: {resolved_saliency_backend(args.saliency_backend, device)}",
     ]
     if args.compile:
         parts.append("fast rows torch.compile'd")
@@ -498,6 +540,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder for the fast rows")
     parser.add_argument("--check", action="store_true", help="fp32 exactness check: reference vs fast vid-TLDR")
     parser.add_argument("--check-batch", type=int, default=2)
+    parser.add_argument("--saliency-backend", default="auto", choices=SALIENCY_BACKENDS,
+                        help="fast vid-TLDR saliency from q / k: auto (Triton on CUDA, else chunked), chunked, triton")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own; 1 avoids thrashing on a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
@@ -521,7 +565,7 @@ def run_rows(args: argparse.Namespace, device: torch.device) -> list[RowResult]:
             for batch in args.batch:
                 video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
                 for spec in specs:
-                    configure(encoder, spec, args.r)
+                    configure(encoder, spec, args.r, args.saliency_backend)
                     results.append(measure_row(encoder, spec, video, dtype, args, flops[(spec.key, frames)]))
                 del video
     add_ratios(results)
@@ -540,7 +584,8 @@ def main(argv: Sequence[str] | None = None) -> Report:
     print_table(report.results, args, device)
     if args.check:
         encoder = non_degenerate_weights(build_encoder(args.model, device, args.frames[0], args.seed), args.seed)
-        report.checks = [check_exactness(encoder, f, args.check_batch, args.r, args.seed) for f in args.frames]
+        report.checks = [check_exactness(encoder, f, args.check_batch, args.r, args.seed, args.saliency_backend)
+                         for f in args.frames]
         print("fp32 exactness check, reference vs fast vid-TLDR (same non-degenerate weights and input, TF32 off):")
         for c in report.checks:
             print(f"  {c.describe()}")

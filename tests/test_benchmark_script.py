@@ -64,6 +64,7 @@ def test_cpu_run_all_rows_check_and_write(bench, tmp_path, capsys):
     (check,) = report.checks
     assert check.same_tokens and check.tokens_fast == [32, 16, 8, 8]
     assert check.max_abs_diff < 1e-4 and check.max_abs_diff_pooled < 1e-4
+    assert check.same_sources and check.saliency_rel_err <= 1e-5 and check.saliency_backend == "chunked"
     assert "same tokens per layer: yes" in out and "max |ref - fast| =" in out
 
     # --write: the section is appended, every other byte of the file is kept

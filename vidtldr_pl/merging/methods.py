@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .matching import MergePlan, bipartite_soft_matching, even_gather, merge_tokens, merge_wavg
-from .saliency import vidtldr_saliency
+from .saliency import check_saliency_backend, vidtldr_saliency
 from .schedule import RValue, effective_r
 from .state import AttentionInfo, MergeState
 
@@ -82,14 +82,20 @@ class VidTLDR(MergeMethod):
     name = "vidtldr"
     needs_attention = True
 
-    def __init__(self, proportional_attention: bool = True, protected: int = 0, chunk_size: int = 512) -> None:
+    def __init__(
+        self, proportional_attention: bool = True, protected: int = 0, chunk_size: int = 512,
+        saliency_backend: str = "auto",
+    ) -> None:
         super().__init__(proportional_attention, protected)
+        if chunk_size < 1:
+            raise ValueError(f"vid-TLDR chunk_size must be a positive number of queries, got {chunk_size}")
         self.chunk_size = chunk_size
+        self.saliency_backend = check_saliency_backend(saliency_backend)
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int) -> MergePlan:
         if attn is None:
             raise ValueError("vid-TLDR needs the block's attention (AttentionInfo)")
-        saliency = vidtldr_saliency(attn, self.chunk_size)
+        saliency = vidtldr_saliency(attn, self.chunk_size, self.saliency_backend)
         plan = bipartite_soft_matching(x, r, protected=self.protected, sort_unmerged=True, affine_scores=True)
         plan.src_weight = even_gather(saliency, plan.src_idx)
         return plan

@@ -1,7 +1,9 @@
 """vid-TLDR saliency: negative entropy of the head-averaged attention, then min-max, mask and sharpening.
 
-Two ways to get the raw score sum_j a_ij log a_ij (a = attention averaged over heads, WITHOUT the size bias):
-from explicit probabilities (the official reference) or from q and k in query chunks (never stores N x N).
+Three ways to get the raw score sum_j a_ij log a_ij (a = attention averaged over heads, WITHOUT the size bias):
+from explicit probabilities (the official reference: p * log p, NaN where a probability underflows to 0, as
+official), or from q and k without storing N x N: in query chunks with PyTorch ("chunked", any device) or with
+the Triton kernels ("triton", CUDA). Both q/k paths take 0 log 0 = 0.
 """
 from __future__ import annotations
 
@@ -17,13 +19,40 @@ def negative_entropy_from_probs(probs: Tensor) -> Tensor:
     return (p * p.log()).sum(dim=-1, keepdim=True)
 
 
-def negative_entropy_from_qk(q: Tensor, k: Tensor, chunk_size: int = 512) -> Tensor:
-    """q: (B, H, N, d) scaled queries, k: (B, H, M, d) keys -> (B, N, 1), exact, O(chunk x M) memory per head."""
+SALIENCY_BACKENDS = ("auto", "chunked", "triton")
+
+
+def check_saliency_backend(backend: str) -> str:
+    """backend if it is one of SALIENCY_BACKENDS, else a ValueError naming it."""
+    if backend not in SALIENCY_BACKENDS:
+        raise ValueError(f"unknown saliency_backend {backend!r}; choose one of {SALIENCY_BACKENDS}")
+    return backend
+
+
+def negative_entropy_from_qk(q: Tensor, k: Tensor, chunk_size: int = 512, backend: str = "auto") -> Tensor:
+    """q: (B, H, N, d) scaled queries, k: (B, H, M, d) keys -> (B, N, 1) float32, exact, never N x M at once.
+
+    backend "chunked": PyTorch, query chunks of chunk_size (O(H x chunk x M) memory); "triton": the Triton kernels
+    (CUDA); "auto": triton for CUDA tensors when Triton is installed, else chunked.
+    """
+    if check_saliency_backend(backend) == "auto":
+        backend = "triton" if q.is_cuda and _has_triton() else "chunked"
+    if backend == "triton":
+        from ..ops.saliency_triton import negative_entropy_triton
+
+        return negative_entropy_triton(q, k)
     out = []
     for start in range(0, q.shape[-2], chunk_size):
         logits = q[..., start : start + chunk_size, :].float() @ k.float().transpose(-1, -2)
-        out.append(negative_entropy_from_probs(logits.softmax(dim=-1)))
+        p = logits.softmax(dim=-1).mean(dim=1)
+        out.append(torch.special.xlogy(p, p).sum(dim=-1, keepdim=True))
     return torch.cat(out, dim=1)
+
+
+def _has_triton() -> bool:
+    from ..ops.saliency_triton import HAS_TRITON
+
+    return HAS_TRITON
 
 
 def sharpen(score: Tensor) -> Tensor:
@@ -40,15 +69,18 @@ def sharpen(score: Tensor) -> Tensor:
     return score.masked_fill(background, 0.0)
 
 
-def vidtldr_saliency(attn: AttentionInfo | Tensor, chunk_size: int = 512) -> Tensor:
-    """The official vid-TLDR token saliency (B, N, 1) from explicit probs (B, H, N, N) or from q / k."""
+def vidtldr_saliency(attn: AttentionInfo | Tensor, chunk_size: int = 512, backend: str = "auto") -> Tensor:
+    """The official vid-TLDR token saliency (B, N, 1) from explicit probs (B, H, N, N) or from q / k.
+
+    chunk_size and backend choose how q / k are turned into the score (see negative_entropy_from_qk).
+    """
     with torch.no_grad():
         if isinstance(attn, Tensor):
             raw = negative_entropy_from_probs(attn)
         elif attn.probs is not None:
             raw = negative_entropy_from_probs(attn.probs)
         elif attn.q is not None and attn.k is not None:
-            raw = negative_entropy_from_qk(attn.q, attn.k, chunk_size)
+            raw = negative_entropy_from_qk(attn.q, attn.k, chunk_size, backend)
         else:
             raise ValueError("vid-TLDR needs the attention: AttentionInfo has neither probs nor q and k")
         return sharpen(raw)

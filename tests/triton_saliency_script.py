@@ -1,0 +1,91 @@
+"""Run with TRITON_INTERPRET=1 (set before Triton is imported): the Triton saliency kernels in Triton's CPU
+interpreter against the chunked PyTorch path and the explicit reference; prints one JSON line.
+
+Used by tests/test_saliency_triton.py; on a GPU, run it without TRITON_INTERPRET and with --device cuda to check
+the compiled kernels the same way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.merging import (
+    AttentionInfo,
+    negative_entropy_from_probs,
+    negative_entropy_from_qk,
+    patch,
+)
+from vidtldr_pl.merging.saliency import vidtldr_saliency
+
+CASES = [  # (B, H, N, M, d, dtype, contiguous k)
+    (2, 3, 70, 70, 16, torch.float32, True),
+    (1, 2, 33, 50, 24, torch.float32, False),
+    (2, 4, 130, 130, 64, torch.float32, False),
+    (2, 4, 130, 130, 64, torch.bfloat16, True),
+    (1, 3, 97, 97, 32, torch.float16, True),
+]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs() / b.abs().clamp_min(1e-12)).max().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    device = torch.device(parser.parse_args().device)
+    g = torch.Generator().manual_seed(0)
+    result: dict = {"cases": []}
+    for b, h, n, m, d, dtype, contiguous in CASES:
+        q = (torch.randn(b, h, n, d, generator=g) * 0.4).to(device, dtype)
+        k = torch.randn(b, m, h, d, generator=g).to(device, dtype).transpose(1, 2)
+        k = k.contiguous() if contiguous else k
+        tri = negative_entropy_from_qk(q, k, backend="triton")
+        ref = negative_entropy_from_qk(q, k, chunk_size=17, backend="chunked")
+        sharp_tri = vidtldr_saliency(AttentionInfo(q=q, k=k), backend="triton")
+        sharp_ref = vidtldr_saliency(AttentionInfo(q=q, k=k), backend="chunked")
+        result["cases"].append({
+            "shape": [b, h, n, m, d], "dtype": str(dtype), "contiguous_k": contiguous,
+            "out_shape": list(tri.shape), "out_dtype": str(tri.dtype),
+            "raw_rel_err": rel_err(tri, ref), "sharpened_abs_err": (sharp_tri - sharp_ref).abs().max().item(),
+            "same_background": bool(torch.equal(sharp_tri == 0, sharp_ref == 0)),
+        })
+
+    # Probabilities that underflow to exactly 0: the explicit (official) p log p gives NaN, both q/k paths 0 log 0 = 0.
+    q = torch.randn(1, 2, 40, 16, generator=g).to(device) * 30.0
+    k = torch.randn(1, 2, 40, 16, generator=g).to(device)
+    probs = (q.float() @ k.float().transpose(-1, -2)).softmax(-1)
+    tri, ref = negative_entropy_from_qk(q, k, backend="triton"), negative_entropy_from_qk(q, k, backend="chunked")
+    result["underflow"] = {
+        "zero_probs": int((probs == 0).sum()), "explicit_nan": bool(negative_entropy_from_probs(probs).isnan().any()),
+        "triton_finite": bool(tri.isfinite().all()), "rel_err": rel_err(tri, ref),
+    }
+
+    # A patched UMT vision encoder: fused attention + Triton saliency against the explicit official path.
+    enc = create_umt("umt_tiny").vision_encoder.eval()
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5 * (2.0 if "qkv" in name else 1.0))
+    enc = enc.to(device)
+    video = torch.randn(2, 3, 4, 64, 64, generator=g).to(device)
+    with torch.no_grad():
+        patch(enc, "vidtldr", r=[20, 10, 0.25], trace_source=True, saliency_backend="triton")
+        enc.encoder.set_attention("fused")
+        out, _, s_out = enc(video, return_state=True)
+        patch(enc, "vidtldr", r=[20, 10, 0.25], trace_source=True)
+        enc.encoder.set_attention("explicit")
+        ref, _, s_ref = enc(video, return_state=True)
+    result["encoder"] = {
+        "tokens": s_out.tokens_per_layer, "tokens_ref": s_ref.tokens_per_layer,
+        "out_abs_err": (out - ref).abs().max().item(), "size_abs_err": (s_out.size - s_ref.size).abs().max().item(),
+        "same_sources": bool(torch.equal(s_out.source > 0, s_ref.source > 0)),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
