@@ -1,6 +1,8 @@
 """The Triton saliency kernels, run in Triton's CPU interpreter (TRITON_INTERPRET=1, so in a child process: the
 interpreter is chosen when the kernels are defined): equal to the chunked PyTorch path and, inside a patched
-encoder, to the explicit official path. A GPU run of the same script checks the compiled kernels."""
+encoder, to the explicit official path, and on the official block-stack fixtures. A GPU run of the same script
+(``python tests/triton_saliency_script.py --device cuda --fixtures ../shared/reference/fixtures``) checks the
+compiled kernels."""
 from __future__ import annotations
 
 import json
@@ -18,10 +20,11 @@ SCRIPT = Path(__file__).with_name("triton_saliency_script.py")
 
 
 @pytest.fixture(scope="module")
-def interpreted() -> dict:
+def interpreted(reference_dir) -> dict:
     pytest.importorskip("triton", reason="the Triton kernels need the triton package (a dependency of CUDA torch)")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    run = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600, check=False)
+    command = [sys.executable, str(SCRIPT), "--fixtures", str(reference_dir / "fixtures")]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -45,6 +48,15 @@ def test_encoder_with_triton_saliency_equals_explicit_reference(interpreted):
     enc = interpreted["encoder"]
     assert enc["tokens"] == enc["tokens_ref"] == [44, 34, 26, 26]
     assert enc["same_sources"] and enc["out_abs_err"] < 1e-4 and enc["size_abs_err"] < 1e-5
+
+
+def test_official_block_stacks_through_the_triton_saliency(interpreted):
+    """The tolerances of tests/test_official_fixtures.py (x: 4e-5, see BLOCK_X_TOL there; sizes, sources: 1e-5)."""
+    assert set(interpreted["fixtures"]) == {"block_B_b2_t196_c96_h12", "block_C_b2_t197_c64_h4_frac",
+                                            "block_D_b3_t100_c32_h4_cap"}
+    for case, err in interpreted["fixtures"].items():
+        assert err["tokens_ok"], case
+        assert err["x"] < 4e-5 and err["size"] < 1e-5 and err["source"] < 1e-5, (case, err)
 
 
 def test_chunked_path_takes_zero_log_zero_as_zero():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,7 @@ from vidtldr_pl.merging import (
 )
 from vidtldr_pl.merging.saliency import vidtldr_saliency
 
+BLOCK_CASES = ["block_B_b2_t196_c96_h12", "block_C_b2_t197_c64_h4_frac", "block_D_b3_t100_c32_h4_cap"]
 CASES = [  # (B, H, N, M, d, dtype, contiguous k)
     (2, 3, 70, 70, 16, torch.float32, True),
     (1, 2, 33, 50, 24, torch.float32, False),
@@ -36,7 +38,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    device = torch.device(parser.parse_args().device)
+    parser.add_argument("--fixtures", type=Path, default=None, help="../shared/reference/fixtures: run the block stacks")
+    args = parser.parse_args()
+    device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     result: dict = {"cases": []}
     for b, h, n, m, d, dtype, contiguous in CASES:
@@ -84,7 +88,42 @@ def main() -> None:
         "out_abs_err": (out - ref).abs().max().item(), "size_abs_err": (s_out.size - s_ref.size).abs().max().item(),
         "same_sources": bool(torch.equal(s_out.source > 0, s_ref.source > 0)),
     }
+    if args.fixtures is not None:
+        result["fixtures"] = official_block_stacks(args.fixtures, device)
     print(json.dumps(result))
+
+
+def official_block_stacks(fixtures: Path, device: torch.device, backend: str = "triton") -> dict:
+    """The official block-stack fixtures run with fused attention and the Triton saliency: max errors against
+    the golden x, sizes and sources after every block (tests/test_official_fixtures.py does the same on the
+    chunked and explicit paths)."""
+    from fixtures_official import load_case
+
+    from vidtldr_pl.backbones.umt.vision import Block
+    from vidtldr_pl.merging import LayerMerge, MergeState, VidTLDR
+
+    out = {}
+    for case in BLOCK_CASES:
+        meta, tensors = load_case(fixtures / f"{case}.safetensors")
+        blocks = []
+        for i, r in enumerate(meta["r"]):
+            block = Block(meta["C"], meta["H"], attention="fused")
+            block.load_state_dict({k[len(f"weights.{i}."):]: v for k, v in tensors.items()
+                                   if k.startswith(f"weights.{i}.")}, strict=True)
+            block.merge = LayerMerge(VidTLDR(saliency_backend=backend), r) if r else None
+            blocks.append(block.to(device).eval())
+        state, x = MergeState(trace_source=True), tensors["x_in"].to(device)
+        errs = {"x": 0.0, "size": 0.0, "source": 0.0, "tokens_ok": True}
+        with torch.no_grad():
+            for layer, block in enumerate(blocks):
+                x = block(x, state)
+                errs["tokens_ok"] &= x.shape[1] == meta["layers"][layer]["T_out"]
+                for key, ours in (("x", x), ("size", state.size), ("source", state.source)):
+                    gold = tensors[f"{'x_out' if key == 'x' else key}_l{layer}"]
+                    err = (ours.cpu().double() - gold.double()).abs().max().item() if ours.shape == gold.shape else 1e9
+                    errs[key] = max(errs[key], err)
+        out[case] = errs
+    return out
 
 
 if __name__ == "__main__":
