@@ -202,3 +202,19 @@ def test_position_table_interpolation():
 def test_bad_video_shape(tiny_encoder):
     with pytest.raises(ValueError, match=r"expected video \(B, 3, T, 64, 64\)"):
         tiny_encoder(torch.zeros(1, 3, 4, 32, 32))
+
+
+@pytest.mark.parametrize("method", ["vidtldr", "tome"])
+def test_merging_compiles_as_one_graph(tiny_encoder, method):
+    """fullgraph=True fails on any graph break: the merge step (matching, saliency, merge, sizes, proportional
+    attention) has no host syncs or data-dependent Python, so torch.compile / CUDA graphs take the whole encoder."""
+    patch(tiny_encoder, method, r=[20, 10, 0.25], trace_source=True)
+    try:
+        with torch.no_grad():
+            ref, _, s_ref = tiny_encoder(_video(), return_state=True)
+            compiled = torch.compile(tiny_encoder, fullgraph=True, backend="aot_eager")
+            out, _, s_out = compiled(_video(), return_state=True)
+    finally:
+        torch._dynamo.reset()
+    assert s_out.tokens_per_layer == s_ref.tokens_per_layer == [44, 34, 26, 26]
+    assert torch.equal(out, ref) and torch.equal(s_out.source, s_ref.source)
