@@ -6,7 +6,9 @@ Rows (``--rows``, all five by default), for every (dtype, frames, batch):
   saliency from the unbiased probabilities, the official vid-TLDR semantics), without / with vid-TLDR;
 * ``fast-none`` / ``fast-tome`` / ``fast-vidtldr``: the fast path (``attention="fused"``:
   ``scaled_dot_product_attention``, vid-TLDR saliency recomputed exactly from q / k: the Triton kernels on CUDA,
-  query chunks in PyTorch elsewhere; ``--saliency-backend`` forces one) without merging, with ToMe and with vid-TLDR.
+  query chunks in PyTorch elsewhere; ``--saliency-backend`` forces one) without merging, with ToMe and with vid-TLDR;
+* on request, ``flex-none`` / ``flex-vidtldr``: FlexAttention with the log-size bias as a score_mod instead of SDPA
+  (``attention="flex"``), to pick the fastest exact kernel on a GPU.
 
 Only the vision encoder is built (random init, seeded; throughput does not depend on the weights, and merge
 schedules fix the token counts). bf16 runs under ``torch.autocast`` (weights stay fp32). Each cell is the median
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
 import gc
 import math
@@ -71,8 +74,8 @@ class RowSpec:
     """One benchmark row: attention path and merge method."""
 
     key: str
-    path: str  # "reference" | "fast"
-    attention: str  # "explicit" | "fused"
+    path: str  # "reference" | "fast" | "flex"
+    attention: str  # "explicit" | "fused" | "flex"
     method: str  # "none" | "tome" | "vidtldr"
 
     @property
@@ -88,8 +91,11 @@ ROW_SPECS: dict[str, RowSpec] = {
         RowSpec("fast-none", "fast", "fused", "none"),
         RowSpec("fast-tome", "fast", "fused", "tome"),
         RowSpec("fast-vidtldr", "fast", "fused", "vidtldr"),
+        RowSpec("flex-none", "flex", "flex", "none"),
+        RowSpec("flex-vidtldr", "flex", "flex", "vidtldr"),
     )
 }
+DEFAULT_ROWS = ["ref-none", "ref-vidtldr", "fast-none", "fast-tome", "fast-vidtldr"]
 
 
 @dataclass
@@ -188,7 +194,10 @@ def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 
 def flop_report(meta_encoder: VisionTransformer, spec: RowSpec, frames: int, r: str) -> FlopReport:
     """GFLOPs per video of the row's configuration, counted on the meta device (shapes only; the saliency is
-    counted as the chunked path computes it: one q k^T per merging layer)."""
+    counted as the chunked path computes it: one q k^T per merging layer; flex rows are counted as their SDPA
+    twin, since FlexAttention does not run on the meta device and does the same arithmetic)."""
+    if spec.attention == "flex":
+        spec = dataclasses.replace(spec, attention="fused")
     configure(meta_encoder, spec, r, saliency_backend="chunked")
     return vision_flops(meta_encoder, frames, meta_encoder.cfg.img_size, device="meta")
 
@@ -287,7 +296,7 @@ def measure_row(encoder: VisionTransformer, spec: RowSpec, video: Tensor, dtype:
     frames, batch = video.shape[2], video.shape[0]
     row = RowResult(spec, frames, batch, dtype, flops.gflops, list(flops.tokens_per_layer))
     fn: Callable[[Tensor], object] = encoder
-    if args.compile and spec.path == "fast":
+    if args.compile and spec.path in ("fast", "flex"):
         torch._dynamo.reset()  # a fresh graph per row: no recompile-limit fallback to eager
         fn = torch.compile(encoder)
     try:
@@ -320,9 +329,9 @@ def add_ratios(results: list[RowResult]) -> None:
     for r in results:
         if r.videos_per_s is None or r.spec.method == "none":
             continue
-        base = vps("ref-none" if r.spec.path == "reference" else "fast-none", r)
+        base = vps({"reference": "ref-none", "fast": "fast-none", "flex": "flex-none"}[r.spec.path], r)
         r.vs_no_merge = r.videos_per_s / base if base else None
-        if r.spec.key == "fast-vidtldr":
+        if r.spec.key in ("fast-vidtldr", "flex-vidtldr"):
             ref = vps("ref-vidtldr", r)
             r.vs_ref_vidtldr = r.videos_per_s / ref if ref else None
 
@@ -495,7 +504,7 @@ def section_body(report: Report, args: argparse.Namespace, device: torch.device,
          f"{caption(args, device)}. \"merge %\" covers the `LayerMerge` modules only (matching, merge, and in the "
          "fast path the saliency pass); the reference path's extra unbiased softmax is inside attention. "
          "\"vs no merge\": videos/s over the same path without merging; "
-         "\"vs ref vid-TLDR\": fast vid-TLDR over reference vid-TLDR."),
+         "\"vs ref vid-TLDR\": fast (or flex) vid-TLDR over reference vid-TLDR."),
         "",
         *markdown_table(report.results),
     ]
@@ -531,7 +540,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 12])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 32])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
-    parser.add_argument("--rows", nargs="+", default=list(ROW_SPECS), choices=list(ROW_SPECS))
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROW_SPECS),
+                        help="flex-none / flex-vidtldr (FlexAttention, compiled on CUDA) are extra rows")
     parser.add_argument("--r", default=MSRVTT_R, help="per-block r list (MSRVTT schedule by default)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per row (include compilation)")

@@ -96,3 +96,16 @@ def test_write_section_in_the_middle_and_missing(bench, tmp_path):
     md.write_text("# Benchmarks\n\n## Encoder throughput (notes)\n\nx")  # another heading is not the section
     bench.write_section(md, "fresh")
     assert md.read_text() == "# Benchmarks\n\n## Encoder throughput (notes)\n\nx\n\n## Encoder throughput\n\nfresh\n"
+
+
+def test_flex_rows_on_request(bench):
+    argv = ["--model", "umt_tiny", "--frames", "4", "--batch", "1", "--dtype", "fp32", "--iters", "1", "--warmup", "0",
+            "--profile-iters", "0", "--threads", "1", "--device", "cpu", "--rows", "ref-vidtldr", "flex-none", "flex-vidtldr"]
+    report = bench.main(argv)
+    rows = {r.spec.key: r for r in report.results}
+    assert list(rows) == ["ref-vidtldr", "flex-none", "flex-vidtldr"]
+    assert all(r.error is None and r.videos_per_s > 0 for r in rows.values())
+    flex = rows["flex-vidtldr"]
+    assert flex.tokens_per_layer == [32, 16, 8, 8] and flex.gflops < rows["flex-none"].gflops
+    assert flex.vs_no_merge == pytest.approx(flex.videos_per_s / rows["flex-none"].videos_per_s)
+    assert flex.vs_ref_vidtldr == pytest.approx(flex.videos_per_s / rows["ref-vidtldr"].videos_per_s)

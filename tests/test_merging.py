@@ -142,13 +142,14 @@ def _video(seed=0):
     return torch.randn(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("mode", ["fused", "flex"])
 @pytest.mark.parametrize("method", ["vidtldr", "tome"])
-def test_fused_equals_explicit(tiny_encoder, method):
+def test_fast_attention_equals_explicit(tiny_encoder, method, mode):
     patch(tiny_encoder, method, r=[20, 10, 0.25])
     with torch.no_grad():
         tiny_encoder.encoder.set_attention("explicit")
         ref, _, s_ref = tiny_encoder(_video(), return_state=True)
-        tiny_encoder.encoder.set_attention("fused")
+        tiny_encoder.encoder.set_attention(mode)
         out, _, s_out = tiny_encoder(_video(), return_state=True)
     assert s_ref.tokens_per_layer == s_out.tokens_per_layer == [44, 34, 26, 26]
     assert (ref - out).abs().max() < 1e-4 and (s_ref.size - s_out.size).abs().max() < 1e-5

@@ -65,7 +65,7 @@ def test_merge_step_matches_official(case, reference_dir):
 
 
 @pytest.mark.parametrize("case", BLOCK_CASES)
-@pytest.mark.parametrize("mode", ["explicit", "fused"])
+@pytest.mark.parametrize("mode", ["explicit", "fused", "flex"])
 def test_block_stack_matches_official(case, mode, reference_dir):
     meta, tensors = load_case(reference_dir / "fixtures" / f"{case}.safetensors")
     blocks = []

@@ -27,9 +27,10 @@ class TokenMerging(Callback):
         r: per-block list (e.g. [600, 200, 100]), or one count / fraction applied at ``layers``.
         layers: block indices for a single r (None: every block, as ToMe).
         trace_source: keep which input patches each token holds (for visualisation; costs memory).
-        attention: "fused" (default, no N x N map) or "explicit" (the official reference path); None keeps
-            what the backbone has.
-        method_options: extra keyword arguments of the method (e.g. {"metric": "hidden"} for ToMe).
+        attention: "fused" (default, SDPA, no N x N map), "explicit" (the official reference path) or "flex"
+            (FlexAttention); None keeps what the backbone has.
+        method_options: extra keyword arguments of the method (e.g. {"metric": "hidden"} for ToMe,
+            {"saliency_backend": "chunked"} for vid-TLDR).
         target: attribute path of the module to patch (e.g. "model.vision_encoder"); default: the whole
             LightningModule (every mergeable encoder in it).
     """
