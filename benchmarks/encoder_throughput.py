@@ -62,7 +62,7 @@ from vidtldr_pl.merging import (
     patch,
     unpatch,
 )
-from vidtldr_pl.ops.saliency_triton import HAS_TRITON
+from vidtldr_pl.merging.saliency import resolve_saliency_backend
 
 SECTION = "## Encoder throughput"
 MSRVTT_R = "600,200,100"
@@ -177,12 +177,6 @@ def configure(encoder: VisionTransformer, spec: RowSpec, r: str, saliency_backen
         patch(encoder, spec.method, r=r, **options)
     return encoder
 
-
-def resolved_saliency_backend(backend: str, device: torch.device) -> str:
-    """What "auto" becomes on device (the rule of vidtldr_pl.merging.saliency.negative_entropy_from_qk)."""
-    if backend != "auto":
-        return backend
-    return "triton" if device.type == "cuda" and HAS_TRITON else "chunked"
 
 
 def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -371,7 +365,7 @@ def check_exactness(encoder: VisionTransformer, frames: int, batch: int, r: str,
     gen = torch.Generator(device="cpu").manual_seed(seed)
     size = encoder.cfg.img_size
     video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
-    backend = resolved_saliency_backend(saliency_backend, device)
+    backend = resolve_saliency_backend(saliency_backend, device)
     outs, raw = {}, {}
     with torch.inference_mode(), _no_tf32():
         for key in ("ref-vidtldr", "fast-vidtldr"):
@@ -434,7 +428,7 @@ def caption(args: argparse.Namespace, device: torch.device) -> str:
         f"median of {args.iters} iters after {args.warmup} warm-up",
         "peak GiB = max_memory_allocated incl. weights and input" if device.type == "cuda" else "peak memory not measured on CPU",
         f"merge % from a separate hooked eager pass of {args.profile_iters} iters",
-        f"fast vid-TLDR saliency: {resolved_saliency_backend(args.saliency_backend, device)}",
+        f"fast vid-TLDR saliency: {resolve_saliency_backend(args.saliency_backend, device)}",
     ]
     if args.compile:
         parts.append("fast rows torch.compile'd")

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--stage {command!r}: give its CSV logger folder(s) after the command")
         folders = [Path(p) for p in logs]
         stages.append({"command": command, "validation": validation_history(folders),
-                       "wall_minutes": {str(f): wall_minutes(f) for f in folders}})
+                       "wall_minutes": {f"{f.parent.name}/{f.name}": wall_minutes(f) for f in folders}})
     provenance = {
         "weights": file,
         "preset": preset,

@@ -2,13 +2,19 @@
 from .matching import MergePlan, bipartite_soft_matching, merge_tokens, merge_wavg
 from .methods import METHODS, MergeMethod, RandomMerge, ToMe, VidTLDR, build_method
 from .patch import LayerMerge, MergeableEncoder, MergeSettings, find_mergeable, patch, unpatch
-from .saliency import SALIENCY_BACKENDS, negative_entropy_from_probs, negative_entropy_from_qk, sharpen, vidtldr_saliency
+from .saliency import (
+    SALIENCY_BACKENDS,
+    negative_entropy_from_probs,
+    negative_entropy_from_qk,
+    sharpen,
+    vidtldr_saliency,
+)
 from .schedule import ScheduleError, build_schedule, effective_r, token_counts
 from .state import AttentionInfo, MergeState
 
 __all__ = [
-    "METHODS", "SALIENCY_BACKENDS", "AttentionInfo", "LayerMerge", "MergeMethod", "MergePlan", "MergeSettings", "MergeState",
-    "MergeableEncoder", "RandomMerge", "ScheduleError", "ToMe", "VidTLDR", "bipartite_soft_matching",
+    "METHODS", "SALIENCY_BACKENDS", "AttentionInfo", "LayerMerge", "MergeMethod", "MergePlan", "MergeSettings",
+    "MergeState", "MergeableEncoder", "RandomMerge", "ScheduleError", "ToMe", "VidTLDR", "bipartite_soft_matching",
     "build_method", "build_schedule", "effective_r", "find_mergeable", "merge_tokens", "merge_wavg",
     "negative_entropy_from_probs", "negative_entropy_from_qk", "patch", "sharpen", "token_counts", "unpatch",
     "vidtldr_saliency",

@@ -35,9 +35,7 @@ def negative_entropy_from_qk(q: Tensor, k: Tensor, chunk_size: int = 512, backen
     backend "chunked": PyTorch, query chunks of chunk_size (O(H x chunk x M) memory); "triton": the Triton kernels
     (CUDA); "auto": triton for CUDA tensors when Triton is installed, else chunked.
     """
-    if check_saliency_backend(backend) == "auto":
-        backend = "triton" if q.is_cuda and _has_triton() else "chunked"
-    if backend == "triton":
+    if resolve_saliency_backend(backend, q.device) == "triton":
         from ..ops.saliency_triton import negative_entropy_triton
 
         return negative_entropy_triton(q, k)
@@ -49,10 +47,15 @@ def negative_entropy_from_qk(q: Tensor, k: Tensor, chunk_size: int = 512, backen
     return torch.cat(out, dim=1)
 
 
-def _has_triton() -> bool:
+def resolve_saliency_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs on device: "auto" is "triton" for CUDA when Triton is installed, else "chunked"."""
+    if check_saliency_backend(backend) != "auto":
+        return backend
+    if device.type != "cuda":
+        return "chunked"
     from ..ops.saliency_triton import HAS_TRITON
 
-    return HAS_TRITON
+    return "triton" if HAS_TRITON else "chunked"
 
 
 def sharpen(score: Tensor) -> Tensor:
