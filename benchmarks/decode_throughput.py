@@ -36,7 +36,8 @@ from data_modules.transforms import VideoTestTransform  # noqa: E402
 from data_modules.video import decode_frames  # noqa: E402
 
 SECTION = "## Video decoding throughput"
-REF_VIDEOS = ROOT.parent / "shared" / "reference" / "videos"
+# the real clips the tests use (tests/reference_data.py: in the repository, or VIDTLDR_REFERENCE)
+REF_VIDEOS = Path(os.environ.get("VIDTLDR_REFERENCE") or ROOT / "tests" / "data" / "reference") / "videos"
 SAMPLES = ["bikes.mp4", "carphone_distorted.mp4", "tree.avi", "Megamind_bugy.avi"]
 
 

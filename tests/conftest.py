@@ -1,16 +1,15 @@
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REFERENCE = Path(os.environ.get("VIDTLDR_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+from reference_data import REFERENCE, reference_path  # noqa: F401  (REFERENCE: kept for tests importing it here)
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    assert REFERENCE.is_dir(), f"shared reference directory not found at {REFERENCE} (set VIDTLDR_REFERENCE)"
-    return REFERENCE
+    """tests/data/reference, or the folder named by VIDTLDR_REFERENCE (see tests/reference_data.py)."""
+    return reference_path()
 
 
 @pytest.fixture(autouse=True)

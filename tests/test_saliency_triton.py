@@ -1,7 +1,7 @@
 """The Triton saliency kernels, run in Triton's CPU interpreter (TRITON_INTERPRET=1, so in a child process: the
 interpreter is chosen when the kernels are defined): equal to the chunked PyTorch path and, inside a patched
 encoder, to the explicit official path, and on the official block-stack fixtures. A GPU run of the same script
-(``python tests/triton_saliency_script.py --device cuda --fixtures ../shared/reference/fixtures``) checks the
+(``python tests/triton_saliency_script.py --device cuda --fixtures tests/data/reference/fixtures``) checks the
 compiled kernels."""
 from __future__ import annotations
 

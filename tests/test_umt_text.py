@@ -12,11 +12,9 @@ from vidtldr_pl.backbones.umt.text import TextEncoderConfig, UMTTextEncoder
 
 PREFIX = "text_encoder."
 def _manifest() -> dict:
-    from conftest import REFERENCE
+    from reference_data import reference_path
 
-    f = REFERENCE / "umt_state_dict_keys.json"
-    assert f.is_file(), f"{f} not found (set VIDTLDR_REFERENCE)"
-    return json.loads(f.read_text())
+    return json.loads(reference_path("umt_state_dict_keys.json").read_text())
 
 
 def small_cfg(**kw) -> TextEncoderConfig:

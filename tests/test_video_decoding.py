@@ -41,10 +41,10 @@ from data_modules.video import (
     trim_to_30s,
 )
 
-from conftest import REFERENCE
+from reference_data import REFERENCE
 
 REF_VIDEOS = REFERENCE / "videos"
-# The reference videos are part of the test contract (CI has shared/): a missing folder fails, it does not skip.
+# The reference videos are part of the test contract (in the repository): a missing folder fails, it does not skip.
 needs_ref_videos = pytest.mark.usefixtures("reference_dir")
 
 

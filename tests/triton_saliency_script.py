@@ -38,7 +38,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fixtures", type=Path, default=None, help="../shared/reference/fixtures: run the block stacks")
+    parser.add_argument("--fixtures", type=Path, default=None, help="tests/data/reference/fixtures: run the block stacks")
     args = parser.parse_args()
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
