@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Mapping
@@ -27,35 +26,18 @@ from rich.console import Console
 from rich.table import Table
 
 from .callbacks import TokenMerging
+from .callbacks.measure import EncoderStats
 from .flops.report import compact_tokens
+from .merging import MergeSetting, as_setting
 from .metrics.retrieval import READABLE_NAMES
 
 
-@dataclass
-class MergeRun:
-    """One row of a comparison: the TokenMerging settings to evaluate with.
-
-    method: "none", "tome", "vidtldr" or "random"; r / layers: the schedule (see TokenMerging); name: the row label
-    (default: the method); method_options: extra method arguments.
-    """
-
-    method: str = "none"
-    r: list[int | float] | int | float | str | None = None
-    layers: list[int] | None = None
-    name: str | None = None
-    method_options: dict | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.method
+MergeRun = MergeSetting  # one row of a comparison: method, r, layers, name, method_options (, attention)
 
 
-def as_merge_run(run: MergeRun | Mapping[str, Any] | Any) -> MergeRun:
-    """A MergeRun from a MergeRun, a dict or a jsonargparse Namespace (what the CLI parses)."""
-    if isinstance(run, MergeRun):
-        return run
-    fields = dict(run) if isinstance(run, Mapping) else dict(vars(run))
-    return MergeRun(**fields)
+def as_merge_run(run: MergeSetting | Mapping[str, Any] | Any) -> MergeSetting:
+    """A MergeSetting from a MergeSetting, a dict or a jsonargparse Namespace (what the CLI parses)."""
+    return as_setting(run)
 
 
 def _merging_callback(trainer: pl.Trainer) -> TokenMerging | None:
@@ -63,13 +45,14 @@ def _merging_callback(trainer: pl.Trainer) -> TokenMerging | None:
     return found[0] if found else None
 
 
-def use_merging(trainer: pl.Trainer, run: MergeRun) -> TokenMerging:
-    """Replace the trainer's TokenMerging callback by one for ``run`` (keeping its attention mode and target)."""
+def use_merging(trainer: pl.Trainer, run: MergeSetting) -> TokenMerging:
+    """Replace the trainer's TokenMerging callback by one for ``run`` (keeping its attention mode, target and
+    source tracing unless the run sets them)."""
     old = _merging_callback(trainer)
+    attention = run.attention or (old.attention if old else "fused")
     new = TokenMerging(
-        method=run.method, r=run.r, layers=run.layers, method_options=run.method_options,
-        attention=old.attention if old else "fused", target=old.target if old else None,
-        trace_source=old.trace_source if old else False,
+        method=run.method, r=run.r, layers=run.layers, method_options=run.method_options, attention=attention,
+        target=old.target if old else None, trace_source=run.trace_source or (old.trace_source if old else False),
     )
     callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, TokenMerging)]
     trainer.callbacks = callbacks + [new]
@@ -80,15 +63,20 @@ def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
                   runs: list[MergeRun] | None, split: str = "test") -> list[dict[str, Any]]:
     """Evaluate ``model`` once per run (or once with the configured callbacks when ``runs`` is empty).
 
-    Returns one dict per run: ``name``, ``method``, ``r``, the task's ``results`` (metrics, tokens_per_layer,
-    videos_per_s) and, when the task can count them, ``gflops`` / ``merge_gmacs`` of its vision encoder.
+    Returns one dict per run: ``name``, ``method``, ``r``, the task's ``results`` (metrics) and what the
+    ``EncoderStats`` callback measured (tokens_per_layer, videos_per_s, gflops, merge_gmacs; added if missing).
     """
     if split not in ("test", "validate"):
         raise ValueError(f"split must be 'test' or 'validate', got {split!r}")
+    stats = next((cb for cb in trainer.callbacks if isinstance(cb, EncoderStats)), None)
+    if stats is None:
+        stats = EncoderStats()
+        trainer.callbacks.append(stats)
     rows = []
     runs = [as_merge_run(r) for r in runs or []]
     for run in runs or [None]:
         callback = use_merging(trainer, run) if run is not None else _merging_callback(trainer)
+        stats.results = {}
         logged = getattr(trainer, split)(model, datamodule=datamodule, verbose=False)
         row: dict[str, Any] = {
             "name": run.label if run else (callback.method if callback else "none"),
@@ -100,10 +88,7 @@ def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
         if results is None:  # any other LightningModule: what it logged
             results = {k: v for d in logged or [] for k, v in d.items()}
         row.update(results)
-        counter = getattr(model, "vision_flops", None)
-        if callable(counter):
-            report = counter(row["method"], row["r"], row["layers"], (callback.method_options if callback else None))
-            row.update(gflops=report.gflops, merge_gmacs=report.merge_gmacs)
+        row.update({k: v for k, v in stats.results.items() if k not in row})
         rows.append(row)
     return rows
 
@@ -176,4 +161,4 @@ def print_results(rows: list[dict[str, Any]], title: str = "", console: Console 
     console.print(table)
 
 
-__all__ = ["MergeRun", "evaluate_runs", "results_table", "write_results", "print_results", "use_merging"]
+__all__ = ["MergeRun", "MergeSetting", "evaluate_runs", "results_table", "write_results", "print_results", "use_merging"]

@@ -1,6 +1,7 @@
-"""Lightning callbacks."""
+"""Lightning callbacks: token merging and encoder measurements."""
+from .measure import EncoderStats
 from .vidtldr import TokenMerging
 
 VidTLDRCallback = TokenMerging
 
-__all__ = ["TokenMerging", "VidTLDRCallback"]
+__all__ = ["EncoderStats", "TokenMerging", "VidTLDRCallback"]

@@ -14,13 +14,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from ..merging import build_method, build_schedule, find_mergeable, patch, token_counts, unpatch
+from ..merging import MergeSetting, apply_merge, find_mergeable, unpatch
 
 log = logging.getLogger(__name__)
 
 
 class TokenMerging(Callback):
-    """Patch the LightningModule's backbone with a merge method.
+    """Patch the LightningModule's backbone with a merge method (through ``apply_merge``).
 
     Args:
         method: "vidtldr", "tome", "random" or "none".
@@ -30,7 +30,7 @@ class TokenMerging(Callback):
         attention: "fused" (default, SDPA, no N x N map), "explicit" (the official reference path) or "flex"
             (FlexAttention); None keeps what the backbone has.
         method_options: extra keyword arguments of the method (e.g. {"metric": "hidden"} for ToMe,
-            {"saliency_backend": "chunked"} for vid-TLDR).
+            {"saliency_backend": "chunked"} for vid-TLDR). CLS tokens are protected by the backbone itself.
         target: attribute path of the module to patch (e.g. "model.vision_encoder"); default: the whole
             LightningModule (every mergeable encoder in it).
     """
@@ -53,7 +53,12 @@ class TokenMerging(Callback):
         self.attention = attention
         self.method_options = dict(method_options or {})
         self.target = target
-        build_method(method, **self.method_options)  # fail at construction on a bad name or option
+        self.setting.check()  # fail at construction on a bad name or option
+
+    @property
+    def setting(self) -> MergeSetting:
+        return MergeSetting(method=self.method, r=self.r, layers=self.layers, attention=self.attention,
+                            method_options=self.method_options, trace_source=self.trace_source)
 
     def _target(self, pl_module: pl.LightningModule) -> nn.Module:
         module: nn.Module = pl_module
@@ -66,14 +71,11 @@ class TokenMerging(Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         module = self._target(pl_module)
-        patch(module, self.method, r=self.r, layers=self.layers, trace_source=self.trace_source, **self.method_options)
-        for encoder in find_mergeable(module):
-            if self.attention is not None and hasattr(encoder, "set_attention"):
-                encoder.set_attention(self.attention)
-            n = encoder.num_tokens
-            if n and self.method != "none":
-                schedule = build_schedule(self.r, len(encoder.blocks), self.layers)
-                log.info("token merging %s on %s: tokens per block %s", self.method, type(encoder).__name__, token_counts(schedule, n))
+        counts = apply_merge(module, self.setting)
+        if self.method != "none":
+            for encoder, tokens in zip(find_mergeable(module), counts):
+                if tokens:
+                    log.info("token merging %s on %s: tokens per block %s", self.method, type(encoder).__name__, tokens)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         unpatch(self._target(pl_module))

@@ -68,6 +68,22 @@ def count_flops(fn: Callable[[], Any]) -> tuple[FlopReport, Any]:
     return FlopReport(flops=counter.get_total_flops(), merge_flops=merge), out
 
 
+def encoder_flops(encoder: nn.Module, video_shape: tuple[int, ...] | None = None) -> FlopReport:
+    """FLOPs per video of a mergeable encoder under its current merge setting, counted on the meta device (shapes
+    only: instant, no memory, the encoder's own weights untouched). video_shape: one input, e.g. (1, 3, T, H, W);
+    default ``encoder.example_input(1)``. Merging decisions do not change the count, only the token numbers do."""
+    from torch.func import functional_call
+
+    shape = tuple(video_shape) if video_shape is not None else tuple(encoder.example_input(1).shape)
+    video = torch.zeros((1, *shape[1:]), device="meta")
+    tensors = {n: torch.empty_like(t, device="meta") for n, t in encoder.named_parameters()}
+    tensors.update({n: torch.empty_like(t, device="meta") for n, t in encoder.named_buffers()})
+    state = encoder.new_merge_state()
+    report, _ = count_flops(lambda: functional_call(encoder, tensors, (video, state), strict=False))
+    report.tokens_per_layer = list(state.tokens_per_layer)
+    return report
+
+
 def vision_flops(encoder: nn.Module, frames: int, img_size: int, device: str | torch.device = "meta") -> FlopReport:
     """FLOPs per video of a vision encoder returning (tokens, pooled[, state]) for a (1, 3, T, H, W) input.
 

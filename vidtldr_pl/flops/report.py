@@ -1,6 +1,7 @@
-"""Print GFLOPs and tokens per layer of a UMT vision encoder with no merging, ToMe and vid-TLDR.
+"""Print GFLOPs and tokens per layer of a registered model's vision encoder with no merging, ToMe and vid-TLDR.
 
     python -m vidtldr_pl.flops.report --model umt_b16 --frames 12 --r 600,200,100
+    python -m vidtldr_pl.flops.report --model videomae_b16 --frames 16 --r 400,200,100
 """
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..backbones.umt import create_umt
-from ..merging import patch, unpatch
-from .counter import FlopReport, vision_flops
+from ..backbones import create_model, list_models
+from ..merging import MergeSetting, apply_merge, find_mergeable
+from .counter import FlopReport, encoder_flops
 
 
 def compact_tokens(counts: list[int]) -> str:
@@ -28,24 +29,38 @@ def compact_tokens(counts: list[int]) -> str:
 
 
 def flops_table(model_name: str, frames: int, r: str, methods: list[str], attention: str, device: str) -> dict[str, FlopReport]:
+    """{method: FlopReport} per video of ``model_name``'s (first) mergeable encoder at ``frames`` frames.
+    device "meta" counts shapes only; other devices run the model once per method."""
     with torch.device(device):
-        encoder = create_umt(model_name, num_frames=frames, attention=attention).vision_encoder
+        model = create_model(model_name, num_frames=frames, attention=attention)
+    encoder = find_mergeable(model)[0]
     results = {}
     for method in methods:
-        unpatch(encoder)
-        if method != "none":
-            patch(encoder, method, r=r)
-        results[method] = vision_flops(encoder, frames, encoder.cfg.img_size, device)
+        apply_merge(model, MergeSetting(method=method, r=r if method != "none" else None))
+        if device == "meta":
+            results[method] = encoder_flops(encoder)
+        else:
+            results[method] = _run_flops(encoder)
     return results
+
+
+def _run_flops(encoder: torch.nn.Module) -> FlopReport:
+    from .counter import count_flops
+
+    video = encoder.example_input(1, device=next(encoder.parameters()).device)
+    state = encoder.new_merge_state()
+    report, _ = count_flops(lambda: encoder(video, state))
+    report.tokens_per_layer = list(state.tokens_per_layer)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="umt_b16", help="umt_b16 | umt_l16 | umt_tiny")
+    parser.add_argument("--model", default="umt_b16", help=f"a registered model: {', '.join(list_models())}")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--r", default="600,200,100", help="per-layer r list (MSRVTT schedule by default)")
     parser.add_argument("--methods", default="none,tome,vidtldr")
-    parser.add_argument("--attention", default="explicit", choices=["explicit", "fused"],
+    parser.add_argument("--attention", default="explicit", choices=["explicit", "fused", "flex"],
                         help="explicit: saliency reuses the attention map (official); fused: adds the exact saliency pass")
     parser.add_argument("--device", default="meta", help="meta counts shapes only; cpu/cuda run the model")
     parser.add_argument("--json", help="also write the results to this JSON file")

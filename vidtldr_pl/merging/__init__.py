@@ -10,11 +10,12 @@ from .saliency import (
     vidtldr_saliency,
 )
 from .schedule import ScheduleError, build_schedule, effective_r, token_counts
+from .setting import MergeSetting, apply_merge, as_setting, set_attention
 from .state import AttentionInfo, MergeState
 
 __all__ = [
     "METHODS", "SALIENCY_BACKENDS", "AttentionInfo", "LayerMerge", "MergeMethod", "MergePlan", "MergeSettings",
-    "MergeState", "MergeableEncoder", "RandomMerge", "ScheduleError", "ToMe", "VidTLDR", "bipartite_soft_matching",
+    "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge", "as_setting", "set_attention", "RandomMerge", "ScheduleError", "ToMe", "VidTLDR", "bipartite_soft_matching",
     "build_method", "build_schedule", "effective_r", "find_mergeable", "merge_tokens", "merge_wavg",
     "negative_entropy_from_probs", "negative_entropy_from_qk", "patch", "sharpen", "token_counts", "unpatch",
     "vidtldr_saliency",

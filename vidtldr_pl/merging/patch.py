@@ -5,6 +5,7 @@ between the attention residual and the MLP, and a forward that threads a fresh `
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,8 +46,10 @@ class MergeSettings:
 
 
 class MergeableEncoder(nn.Module):
-    """Mixin for encoders that support merging. Subclasses define ``self.blocks`` (nn.ModuleList) whose blocks
-    have a ``merge`` attribute (None or LayerMerge) and call ``self.new_merge_state()`` at the start of forward."""
+    """Mixin for encoders that support merging (the merge contract). Subclasses define ``self.blocks``
+    (nn.ModuleList) whose blocks have a ``merge`` attribute (None or LayerMerge) called between the attention
+    residual and the MLP, call ``self.new_merge_state()`` at the start of forward, and declare
+    ``num_prefix_tokens``: the leading tokens (CLS) that ``patch`` protects from merging."""
 
     blocks: nn.ModuleList
     merge_settings: MergeSettings
@@ -60,6 +63,11 @@ class MergeableEncoder(nn.Module):
     def num_tokens(self) -> int | None:
         """Tokens entering the first block for the configured input, if the encoder knows it."""
         return None
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Leading tokens (CLS, ...) that never merge."""
+        return 0
 
 
 def find_mergeable(model: nn.Module) -> list[MergeableEncoder]:
@@ -78,6 +86,7 @@ def patch(
     """Insert a merge method into every MergeableEncoder of model, in place; returns model.
 
     r: per-block list (e.g. [600, 200, 100]), or one count / fraction at ``layers`` (all blocks if None).
+    Each encoder's ``num_prefix_tokens`` (CLS) are protected (``protected`` is raised to it, never lowered).
     method "none" or r all zero removes merging. Raises ScheduleError for an r that does not fit the depth.
     """
     encoders = find_mergeable(model)
@@ -92,9 +101,14 @@ def patch(
         if merge_method is None or not any(schedule):
             _clear(encoder)
             continue
+        encoder_method = merge_method
+        prefix = encoder.num_prefix_tokens
+        if encoder_method.protected < prefix:  # the encoder's CLS tokens are protected without the user saying so
+            encoder_method = copy.copy(merge_method)
+            encoder_method.protected = prefix
         for block, r_block in zip(encoder.blocks, schedule):
-            block.merge = LayerMerge(merge_method, r_block) if r_block else None
-        encoder.merge_settings = MergeSettings(merge_method, tuple(schedule), trace_source)
+            block.merge = LayerMerge(encoder_method, r_block) if r_block else None
+        encoder.merge_settings = MergeSettings(encoder_method, tuple(schedule), trace_source)
     return model
 
 

@@ -16,7 +16,6 @@ YAML::
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,10 +23,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from ..backbones.umt import create_umt
-from ..backbones.umt.vision import VisionTransformer
-from ..flops import FlopReport, vision_flops
-from ..merging import patch
+from ..backbones import create_model
+from ..flops import FlopReport, encoder_flops
+from ..merging import MergeSetting, apply_merge, find_mergeable
 from ..metrics.retrieval import retrieval_metrics
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
 from .losses import sample_hard_negatives, vtc_loss, vtm_loss
@@ -121,12 +119,14 @@ class RetrievalTask(pl.LightningModule):
     ITC + ITM re-ranking protocol.
 
     Args:
-        model: UMT preset ("umt_b16", "umt_l16", "umt_tiny").
-        checkpoint: official checkpoint file (.pth / .safetensors) or None.
+        model: a registered model name ("umt_b16", "umt_l16", "umt_demo", ...; ``list_models(task="retrieval")``) or a
+            model object with ``encode_vision``, ``encode_text``, ``vision_embed``, ``text_embed`` and optionally
+            ``itm_logits`` (without it, evaluation ranks by ITC alone and reports the ``itc/`` metrics).
+        checkpoint: checkpoint file (.pth / .safetensors) or ``builtin:<weights>`` for a model name; None.
         k_test: candidates re-ranked by ITM per query (official 128).
         itm_batch_size: pairs per ITM forward (official 32).
         text_batch_size: captions per text-encoder forward (official 256).
-        vision_overrides: VisionConfig fields, e.g. {num_frames: 8}.
+        vision_overrides: config fields of the named model, e.g. {num_frames: 8, drop_path_rate: 0.1}.
         offload_dtype: dtype of the video tokens kept on CPU ("float16" / "bfloat16" halve their memory; None keeps
             the encoder's dtype). They are cast back when moved to the ITM head; under fp16 autocast ("16-mixed")
             "float16" gives the same scores, since autocast casts them to fp16 in the cross-attention anyway.
@@ -147,15 +147,16 @@ class RetrievalTask(pl.LightningModule):
         seed: seeds the hard-negative draws (one generator per step and process, so a resumed run draws the same).
 
     After an evaluation epoch, ``self.results`` holds ``itm/<key>`` and ``itc/<key>`` for the official keys plus
-    MdR/MnR (also logged), ``num_videos``, ``num_texts``, ``tokens_per_layer`` (vision encoder, first batch) and
-    ``videos_per_s`` (vision encoding throughput of this process, first batch excluded; None with one batch).
+    MdR/MnR (also logged), ``num_videos``, ``num_texts``; the ``EncoderStats`` callback (added by
+    ``configure_callbacks`` unless the trainer has one) adds ``tokens_per_layer`` (vision encoder, first batch),
+    ``videos_per_s`` (vision encoding throughput of this process, first batch excluded) and ``gflops``.
     In multi-process runs the features are gathered, de-duplicated and sorted by video index, so every video
     counts once and the metrics equal those of one process.
     """
 
     def __init__(
         self,
-        model: str = "umt_b16",
+        model: str | nn.Module = "umt_b16",
         checkpoint: str | None = None,
         k_test: int = 128,
         itm_batch_size: int = 32,
@@ -178,16 +179,22 @@ class RetrievalTask(pl.LightningModule):
         save_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = create_umt(model, checkpoint=checkpoint, **(vision_overrides or {}))
-        self.model.vision_encoder.encoder.set_grad_checkpointing(gradient_checkpointing)
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        if isinstance(model, nn.Module):
+            if checkpoint is not None or vision_overrides:
+                raise ValueError("checkpoint / vision_overrides apply to a model name; load a model object yourself")
+            self.model = model
+        else:
+            self.model = create_model(model, checkpoint=checkpoint, **(vision_overrides or {}))
+        for encoder in find_mergeable(self.model):
+            if hasattr(encoder, "set_grad_checkpointing"):
+                encoder.set_grad_checkpointing(gradient_checkpointing)
         self.k_test = k_test
         self.itm_batch_size = itm_batch_size
         self.text_batch_size = text_batch_size
         self.offload_dtype = getattr(torch, offload_dtype) if offload_dtype else None
         self.reuse_text_features = reuse_text_features
         self.results: dict[str, Any] = {}
-        self.tokens_per_layer: list[int] | None = None
         self._schedule: tuple[int, int] | None = None  # (warm-up steps, total steps), known once training runs
         self._text_cache: dict[str, tuple[Tensor, dict[str, Tensor]]] = {}
         self._reset()
@@ -198,9 +205,6 @@ class RetrievalTask(pl.LightningModule):
         self._video_index: list[Tensor] = []
         self._video_itc: list[Tensor] = []
         self._video_tokens: list[Tensor] = []
-        self._encode_time = 0.0
-        self._encode_count = 0
-        self._batches = 0
         self._token_dtype: torch.dtype | None = None
 
     def _data(self) -> RetrievalEvalData:
@@ -214,10 +218,6 @@ class RetrievalTask(pl.LightningModule):
 
     def _autocast(self):
         return self.trainer.precision_plugin.forward_context()
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
@@ -247,17 +247,8 @@ class RetrievalTask(pl.LightningModule):
     @torch.no_grad()
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
         video, index = batch["video"], batch["video_index"]
-        self._sync()
-        t0 = time.perf_counter()
-        tokens, pooled, state = self.model.vision_encoder(video.permute(0, 2, 1, 3, 4), return_state=True)
+        tokens, pooled = self.model.encode_vision(video)
         itc = self.model.vision_embed(pooled)
-        self._sync()
-        if self._batches == 0:
-            self.tokens_per_layer = list(state.tokens_per_layer)
-        else:
-            self._encode_time += time.perf_counter() - t0
-            self._encode_count += video.shape[0]
-        self._batches += 1
         self._video_index.append(index.detach().long().cpu())
         self._video_itc.append(itc.detach())
         self._token_dtype = tokens.dtype
@@ -275,10 +266,10 @@ class RetrievalTask(pl.LightningModule):
         if self._video_index:
             index, itc, tokens = torch.cat(self._video_index), torch.cat(self._video_itc), torch.cat(self._video_tokens)
         else:  # a rank without samples still takes part in the collectives
-            ref = self.model.cfg.vision
+            width = find_mergeable(self.model)[0].cfg.embed_dim
             index = torch.zeros(0, dtype=torch.long)
             itc = torch.zeros(0, dim_itc, dtype=text["itc"].dtype, device=self.device)
-            tokens = torch.zeros(0, 0, ref.embed_dim, dtype=self.offload_dtype or torch.get_default_dtype())
+            tokens = torch.zeros(0, 0, width, dtype=self.offload_dtype or torch.get_default_dtype())
         index, itc, tokens = gather_by_index(index, itc, tokens)
         num_videos = int(data.num_videos)
         if index.numel() != num_videos or not torch.equal(index, torch.arange(num_videos)):
@@ -296,6 +287,9 @@ class RetrievalTask(pl.LightningModule):
             return tokens[v.cpu()].to(self.device, token_dtype, non_blocking=True)
 
         nv, nt = sim_v2t.shape
+        if not callable(getattr(self.model, "itm_logits", None)):  # a dual encoder: ITC ranking only
+            self._finish(data, sim_v2t, sim_v2t.t(), sim_v2t, itm=False)
+            return
         with self._autocast():
             memory = self._fusion_memory_cache(tokens, video_tokens)
 
@@ -315,34 +309,39 @@ class RetrievalTask(pl.LightningModule):
             s_v2t, s_t2v = rerank_scores(sim_v2t, itm_score, self.k_test, self.itm_batch_size,
                                          row_range(nv, rank, world), row_range(nt, rank, world))
         s_v2t, s_t2v = all_reduce_sum(s_v2t), all_reduce_sum(s_t2v)
+        self._finish(data, s_v2t, s_t2v, sim_v2t, itm=True)
 
+    def _finish(self, data: RetrievalEvalData, s_v2t: Tensor, s_t2v: Tensor, sim_v2t: Tensor, itm: bool) -> None:
+        """Metrics of the re-ranked (``itm/``, when ``itm``) and ITC (``itc/``) matrices into ``self.results``."""
+        nv, nt = sim_v2t.shape
         # every rank holds the same matrices, so the metrics are identical on every rank; logging syncs with max
         # (exact, and keeps Lightning from warning about unsynced epoch-level values)
         v2t_gt, t2v_gt = list(data.vid2txt), list(data.txt2vid)
         results: dict[str, Any] = {}
-        for prefix, sv, st in (("itm", s_v2t, s_t2v), ("itc", sim_v2t, sim_v2t.t())):
+        matrices = [("itm", s_v2t, s_t2v)] if itm else []
+        for prefix, sv, st in matrices + [("itc", sim_v2t, sim_v2t.t())]:
             for k, v in retrieval_metrics(sv.cpu(), st.cpu(), v2t_gt, t2v_gt).items():
                 results[f"{prefix}/{k}"] = v
         for k, v in results.items():
             self.log(k, v, sync_dist=True, reduce_fx="max")
         results["num_videos"] = nv
         results["num_texts"] = nt
-        results["tokens_per_layer"] = self.tokens_per_layer
-        results["videos_per_s"] = self._encode_count / self._encode_time if self._encode_time > 0 else None
         self.results = results
         self.scores = {"itm_v2t": s_v2t.cpu(), "itm_t2v": s_t2v.cpu(), "itc_v2t": sim_v2t.cpu()}
         self._reset()
 
     def vision_flops(self, method: str = "none", r: Any = None, layers: list[int] | None = None,
                      method_options: dict | None = None) -> FlopReport:
-        """FLOPs of one video through the vision encoder under a merge setting (a meta-device copy: shapes only)."""
-        cfg = self.model.vision_encoder.cfg
+        """FLOPs of one video through the vision encoder under a merge setting (counted on a meta-device copy built
+        from the same config, so this model's merge setting is untouched)."""
+        import copy
+
+        encoder = find_mergeable(self.model)[0]
         with torch.device("meta"):
-            encoder = VisionTransformer(cfg)
-        encoder.encoder.set_attention(self.model.vision_encoder.encoder.blocks[0].attn.mode)
-        if method != "none":
-            patch(encoder, method, r=r, layers=layers, **(method_options or {}))
-        return vision_flops(encoder, cfg.num_frames, cfg.img_size, "meta")
+            probe = type(encoder)(copy.deepcopy(encoder.cfg))
+        probe.set_attention(encoder.blocks[0].attn.mode)
+        apply_merge(probe, MergeSetting(method=method, r=r, layers=layers, method_options=method_options))
+        return encoder_flops(probe)
 
     # ------------------------------------------------------------------ training
     def _gather(self, x: Tensor) -> Tensor | None:
@@ -464,10 +463,20 @@ class RetrievalTask(pl.LightningModule):
                 for layer in range(len(chunks[0]))]
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """Checkpoints of a fine-tuning run (they replace ModelCheckpoint callbacks given to the trainer)."""
+        """``EncoderStats`` (unless the trainer has one) and, when fitting, the checkpoints of a fine-tuning run (they
+        replace ModelCheckpoint callbacks given to the trainer). Evaluation adds no checkpoint callback, so Lightning
+        has nothing to override."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        from ..callbacks.measure import EncoderStats
+
         callbacks: list[pl.Callback] = []
+        trainer = self._trainer
+        if trainer is None or not any(isinstance(cb, EncoderStats) for cb in trainer.callbacks):
+            callbacks.append(EncoderStats())
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        if not fitting:
+            return callbacks
         if self.hparams.save_best:
             callbacks.append(ModelCheckpoint(monitor="itm/img_r1", mode="max", save_last=True,
                                              filename="best-epoch{epoch}-t2v_r1_{itm/img_r1:.2f}",

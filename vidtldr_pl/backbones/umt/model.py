@@ -1,18 +1,20 @@
 """UMT for video-text retrieval: vision encoder, BERT text encoder with fusion layers, ITC projections, ITM head.
 
 Module names are those of the official checkpoints (``vision_encoder``, ``text_encoder``, ``vision_proj``,
-``text_proj``, ``itm_head``, ``temp``). Presets in ``UMT_CONFIGS``; build with ``create_umt(name)``.
+``text_proj``, ``itm_head``, ``temp``). Presets in ``UMT_CONFIGS``, registered as ``umt_b16``, ``umt_l16``,
+``umt_tiny``, ``umt_demo``; build with ``vidtldr_pl.backbones.create_model(name)``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..registry import WEIGHTS_DIR, create_model, register_model  # noqa: F401  (WEIGHTS_DIR re-exported)
+from ..registry import resolve_checkpoint as registry_resolve
 from .text import TextEncoderConfig, UMTTextEncoder
 from .vision import VisionConfig, VisionTransformer
 
@@ -117,35 +119,49 @@ class UMT(nn.Module):
         return self.itm_head(fused[:, 0])
 
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 BUILTIN_WEIGHTS = {
     # name -> (file under vidtldr_pl/weights, preset); see README "The embedded demo" for how it was trained
     "umt_demo_synthetic": ("umt_demo_synthetic.safetensors", "umt_demo"),
 }
 
+_PRESET_INPUT = {"umt_b16": (12, 224), "umt_l16": (12, 224), "umt_tiny": (4, 64), "umt_demo": (8, 96)}
+_DESCRIPTIONS = {
+    "umt_b16": "UMT ViT-B/16 retrieval model (vision + BERT-base text with fusion layers, ITC + ITM)",
+    "umt_l16": "UMT ViT-L/16 retrieval model (vision + BERT-large text with fusion layers, ITC + ITM)",
+    "umt_tiny": "a tiny UMT with the same classes, for tests",
+    "umt_demo": "the embedded demo UMT (6 x 192, 8 frames at 96 px); weights builtin:umt_demo_synthetic",
+}
+
+
+def _register_presets() -> None:
+    from .checkpoint import load_umt_checkpoint
+
+    for name, preset in UMT_CONFIGS.items():
+        frames, size = _PRESET_INPUT[name]
+        weights = {w: f for w, (f, p) in BUILTIN_WEIGHTS.items() if p == name}
+
+        def build(_preset=preset, **overrides: Any) -> UMT:
+            return UMT(_preset(**overrides))
+
+        register_model(name, loader=load_umt_checkpoint, num_frames=frames, img_size=size, task="retrieval",
+                       builtin_weights=weights, description=_DESCRIPTIONS[name])(build)
+
+
+_register_presets()
+
 
 def resolve_checkpoint(checkpoint: str) -> str:
     """``builtin:<name>`` -> the weights file shipped in vidtldr_pl/weights; other paths unchanged."""
-    if not checkpoint.startswith("builtin:"):
-        return checkpoint
-    name = checkpoint.split(":", 1)[1]
-    if name not in BUILTIN_WEIGHTS:
-        raise ValueError(f"unknown built-in weights {checkpoint!r}; choose one of "
-                         f"{', '.join('builtin:' + k for k in BUILTIN_WEIGHTS)}")
-    return str(WEIGHTS_DIR / BUILTIN_WEIGHTS[name][0])
+    return registry_resolve(checkpoint)
 
 
 def create_umt(name: str = "umt_b16", checkpoint: str | None = None, strict: bool = True, **vision_overrides: Any) -> UMT:
-    """Build a preset ("umt_b16", "umt_l16", "umt_tiny", "umt_demo"), optionally loading an official checkpoint file.
+    """Build a UMT preset ("umt_b16", "umt_l16", "umt_tiny", "umt_demo"), optionally loading an official checkpoint
+    (same as ``create_model`` restricted to UMT names).
 
     checkpoint: a file (.pth / .safetensors) or ``builtin:<name>`` (weights shipped with the project).
     vision_overrides: VisionConfig fields, e.g. num_frames=8, attention="explicit", ckpt_num_frames=8.
     """
     if name not in UMT_CONFIGS:
         raise ValueError(f"unknown UMT preset {name!r}; choose one of {sorted(UMT_CONFIGS)}")
-    model = UMT(UMT_CONFIGS[name](**vision_overrides))
-    if checkpoint is not None:
-        from .checkpoint import load_umt_checkpoint
-
-        load_umt_checkpoint(model, resolve_checkpoint(checkpoint), strict=strict)
-    return model
+    return create_model(name, checkpoint=checkpoint, strict=strict, **vision_overrides)
