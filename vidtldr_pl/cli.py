@@ -4,20 +4,46 @@ from __future__ import annotations
 import sys
 import warnings
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CHECKPOINT_HINT = (
     "official fine-tuned UMT checkpoints are linked from the UMT / vid-TLDR repositories' MODEL_ZOO; pass the file "
     "with --model.init_args.checkpoint=/path/to/file.pth"
 )
 
 
+def config_dir() -> Path:
+    """The configs that ship with the package: the repository's ``configs/`` folder, installed as the package
+    ``vidtldr_pl.configs`` (pyproject.toml / setup.py); the folder itself in a checkout that is not installed."""
+    try:
+        return Path(str(resources.files("vidtldr_pl.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs"
+
+
+def find_config(value: str) -> Path:
+    """A config file as given; else a shipped one, by relative path (``strategies/ddp.yaml`` or
+    ``configs/strategies/ddp.yaml``) or by name (``msrvtt_umt.yaml``). A missing file: SystemExit, one line."""
+    path = Path(value)
+    if path.exists():
+        return path
+    shipped = config_dir()
+    if not path.is_absolute():
+        relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) and len(path.parts) > 1 else path
+        for candidate in (shipped / relative, shipped / path.name):
+            if candidate.is_file():
+                return candidate
+    available = ", ".join(sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.yaml"))) or "none"
+    raise SystemExit(f"config file not found: {value} (the shipped configs, {shipped}: {available})")
+
+
 def resolve_config_args(argv: list[str]) -> list[str]:
-    """Let ``--config msrvtt_umt.yaml`` find configs/msrvtt_umt.yaml; a missing file gives a short message."""
+    """Let ``--config msrvtt_umt.yaml`` find the shipped configs/msrvtt_umt.yaml from any directory and from an
+    installed (non-editable) package; a missing file gives a short message."""
     out = list(argv)
     for i, arg in enumerate(out):
         value = None
@@ -27,12 +53,7 @@ def resolve_config_args(argv: list[str]) -> list[str]:
             value, pos = arg.split("=", 1)[1], i
         if value is None:
             continue
-        path = Path(value)
-        if not path.exists() and (CONFIG_DIR / path.name).exists():
-            path = CONFIG_DIR / path.name
-        if not path.exists():
-            available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))) or "none"
-            raise SystemExit(f"config file not found: {value} (configs/ has: {available})")
+        path = find_config(value)
         out[pos] = str(path) if arg == "--config" else f"--config={path}"
     return out
 
