@@ -10,9 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """evaluate.py run from ``cwd`` (a temporary folder: whatever the run writes by default lands there, and shipped
+    configs are found by name from any directory)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
-    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_evaluate_with_merging_config(tmp_path):
@@ -28,10 +31,11 @@ trainer:
     - class_path: vidtldr_pl.callbacks.TokenMerging
       init_args: {method: vidtldr, r: [16, 8]}
 """)
-    out = _run("--config", str(cfg))
+    out = _run("--config", str(cfg), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "final_tokens" in out.stdout and "40.0" in out.stdout
-    out = _run("--config", str(cfg), "--trainer.callbacks.init_args.r=[16]")
+    assert list((tmp_path / "outputs").glob("results_*.json"))  # without --results / logger: under the run's cwd
+    out = _run("--config", str(cfg), "--trainer.callbacks.init_args.r=[16]", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "48.0" in out.stdout
 
@@ -48,7 +52,7 @@ compare:
   - {name: tome-one, method: tome, r: 8, layers: [0]}
 """)
     results = tmp_path / "out" / "res.json"
-    out = _run("--config", str(cfg), f"--results={results}")
+    out = _run("--config", str(cfg), f"--results={results}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(results.read_text())["runs"]
     assert [(r["name"], r["method"], r["final_tokens"]) for r in rows] == [
@@ -57,8 +61,8 @@ compare:
         assert name in out.stdout
 
 
-def test_missing_config_is_a_short_message():
-    out = _run("--config", "no_such_config.yaml")
+def test_missing_config_is_a_short_message(tmp_path):
+    out = _run("--config", "no_such_config.yaml", cwd=tmp_path)
     assert out.returncode != 0 and "config file not found: no_such_config.yaml" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -72,13 +76,13 @@ data:
   init_args: {{data_root: {tmp_path / "no_msrvtt"}}}
 trainer: {{accelerator: cpu, logger: false}}
 """)
-    out = _run("--config", str(cfg))
+    out = _run("--config", str(cfg), cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: video root not found" in out.stderr and "MSRVTT" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_msrvtt_config_without_checkpoint_or_data_is_a_short_message(tmp_path):
-    out = _run("--config", "msrvtt_umt.yaml", f"--data.init_args.data_root={tmp_path}")
+    out = _run("--config", "msrvtt_umt.yaml", f"--data.init_args.data_root={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: checkpoint file not found: checkpoints/umt_b16_msrvtt_ft.pth" in out.stderr
     assert "MODEL_ZOO" in out.stderr and "Traceback" not in out.stderr

@@ -97,13 +97,14 @@ class _LrProbe(pl.Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def test_lr_follows_warmup_and_cosine_over_the_whole_run():
+def test_lr_follows_warmup_and_cosine_over_the_whole_run(tmp_path):
     """The schedule learns the run's length on its first step (not when the optimizer is built, which would load
     the training data before a resumed run's progress is restored): 2 epochs x 4 batches, warm-up half an epoch."""
     task = RetrievalTask("umt_tiny", lr=1e-3, warmup_epochs=0.5, min_lr_ratio=0.01)
     probe = _LrProbe()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[probe])
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[probe],
+                         default_root_dir=tmp_path)  # the task's own ModelCheckpoint writes last.ckpt there
     trainer.fit(task, train_dataloaders=DataLoader(_Pairs(8), batch_size=2))
     want = [1e-3 * warmup_cosine(step, 2, 8, 0.01) for step in range(8)]
     assert probe.lrs == pytest.approx(want, rel=1e-9, abs=1e-15)
@@ -134,13 +135,13 @@ class _TokenProbe(pl.Callback):
         self.tokens.append(tokens.shape[1])
 
 
-def test_fit_with_vidtldr_merging_updates_every_part_of_the_model():
+def test_fit_with_vidtldr_merging_updates_every_part_of_the_model(tmp_path):
     torch.manual_seed(0)
     task = RetrievalTask("umt_tiny", lr=1e-3, warmup_epochs=0)
     before = {k: v.detach().clone() for k, v in task.named_parameters()}
     probe = _TokenProbe()
     trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                          callbacks=[TokenMerging("vidtldr", r=[16, 8]), probe])
     trainer.fit(task, train_dataloaders=DataLoader(_Pairs(), batch_size=4))
     assert probe.tokens == [40, 40, 40]  # 64 -> 48 -> 40: merging active while training
