@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vidtldr_pl.flops import encoder_flops
-from vidtldr_pl.merging import MergeSetting, apply_merge, find_mergeable, token_counts, unpatch
+from vidtldr_pl.merging import METHODS, MergeSetting, apply_merge, find_mergeable, token_counts, unpatch
 
 SMALL = {"img_size": 32, "depth": 3}
 # parameter names that hold prepended tokens (timm / CLIP conventions): an encoder having them must declare them
@@ -93,8 +93,8 @@ def check_gradients(model: nn.Module) -> None:
 
 
 def check_prefix_protected(model: nn.Module) -> None:
-    """The encoder's prefix (CLS) tokens are never merged, whatever the method: each stays first and holds only
-    itself (source tracing)."""
+    """The encoder's prefix (CLS) tokens are never merged nor dropped, whatever the method (every registered one):
+    each stays first and holds only itself (source tracing), and every method removes the schedule's tokens."""
     enc = _encoder(model).eval()
     prefix = enc.num_prefix_tokens
     declared_by_parameters = sum(
@@ -104,7 +104,7 @@ def check_prefix_protected(model: nn.Module) -> None:
         f"{type(enc).__name__} has {declared_by_parameters} prefix token parameter(s) but declares "
         f"num_prefix_tokens = {prefix}: merging would not protect them")
     video = torch.randn_like(enc.example_input(2))
-    for method in ("vidtldr", "tome", "random"):
+    for method in METHODS:
         apply_merge(model, _setting(enc, method=method, trace_source=True))
         with torch.no_grad():
             _, state = _run(enc, video)

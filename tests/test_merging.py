@@ -205,7 +205,7 @@ def test_bad_video_shape(tiny_encoder):
         tiny_encoder(torch.zeros(1, 3, 4, 32, 32))
 
 
-@pytest.mark.parametrize("method", ["vidtldr", "tome"])
+@pytest.mark.parametrize("method", ["vidtldr", "tome", "vidtldr_repshift", "random_drop", "saliency_drop", "repshift_drop"])
 def test_merging_compiles_as_one_graph(tiny_encoder, method):
     """fullgraph=True fails on any graph break: the merge step (matching, saliency, merge, sizes, proportional
     attention) has no host syncs or data-dependent Python, so torch.compile / CUDA graphs take the whole encoder."""

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState
+from ..merging.shift import representation_shift
 from ..ops import ATTENTION_MODES, attention
 
 QKV_BIAS = ("qv", "qkv", "none")
@@ -183,7 +184,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block; the merge slot runs between the attention residual and the MLP (as vid-TLDR / ToMe)."""
+    """Pre-norm block with the merge slot: between the attention residual and the MLP (as vid-TLDR / ToMe), or
+    after the MLP residual for methods whose ``position`` is "mlp"."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
                  attention: str = "fused", qkv_bias: str = "qv", act: str = "gelu", norm_eps: float = 1e-6) -> None:
@@ -204,13 +206,18 @@ class Block(nn.Module):
         return self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x: Tensor, state: MergeState | None = None) -> Tensor:
-        """x: (B, N, C) -> (B, N', C); state carries sizes / sources across the blocks of one forward.
+        """x: (B, N, C) -> (B, N', C); state carries sizes / sources / the representation shift across the blocks
+        of one forward.
 
-        With ``grad_checkpointing`` (training), the attention and MLP branches are recomputed in the backward pass;
-        the merge step runs outside them, so the MergeState is updated exactly once per forward.
+        The shift (``state.record_shift`` only) is what the MLP branch adds to each token, measured after the MLP
+        residual; a method at the "attn" slot reads the previous block's, except in the first block, which hands it
+        the shift across its own attention. With ``grad_checkpointing`` (training), the attention and MLP branches
+        are recomputed in the backward pass; the merge step runs outside them, so the MergeState is updated exactly
+        once per forward.
         """
         state = state if state is not None else MergeState()
-        want_info = self.merge is not None and self.merge.needs_attention
+        merge = self.merge
+        want_info = merge is not None and merge.needs_attention
         bias = state.attention_bias()
         recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         if recompute:
@@ -218,9 +225,16 @@ class Block(nn.Module):
         else:
             out, info = self._attn_branch(x, bias, want_info)
         x = x + out
-        if self.merge is not None:
-            x = self.merge(x, state, info)
-        x = x + (checkpoint(self._mlp_branch, x, use_reentrant=False) if recompute else self._mlp_branch(x))
+        if merge is not None and merge.position == "attn":
+            if merge.needs_shift and not state.tokens_per_layer:  # first block: no MLP has run yet
+                state.shift = representation_shift(out)
+            x = merge(x, state, info)
+        out = checkpoint(self._mlp_branch, x, use_reentrant=False) if recompute else self._mlp_branch(x)
+        x = x + out
+        if state.record_shift:
+            state.shift = representation_shift(out)
+        if merge is not None and merge.position == "mlp":
+            x = merge(x, state, info)
         state.tokens_per_layer.append(x.shape[1])
         return x
 

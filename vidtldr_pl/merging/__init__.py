@@ -1,22 +1,30 @@
-"""Pure-PyTorch token merging: ToMe and vid-TLDR, schedules, and a one-call ``patch`` for backbones."""
-from .matching import MergePlan, bipartite_soft_matching, merge_tokens, merge_wavg
-from .methods import METHODS, MergeMethod, RandomMerge, ToMe, VidTLDR, build_method
+"""Pure-PyTorch token reduction: ToMe, vid-TLDR (entropy or Representation-Shift saliency), random / saliency /
+Representation-Shift dropping, schedules, and a one-call ``patch`` for backbones."""
+from .matching import DropPlan, MergePlan, bipartite_soft_matching, drop_lowest, keep_tokens, merge_tokens, merge_wavg
+from .methods import (
+    METHODS, POSITIONS, MergeMethod, RandomDrop, RandomMerge, RepShiftDrop, SaliencyDrop, ToMe, VidTLDR,
+    VidTLDRRepShift, build_method,
+)
 from .patch import LayerMerge, MergeableEncoder, MergeSettings, find_mergeable, patch, unpatch
 from .saliency import (
     SALIENCY_BACKENDS,
     negative_entropy_from_probs,
     negative_entropy_from_qk,
+    raw_saliency,
     sharpen,
     vidtldr_saliency,
 )
+from .shift import representation_shift
 from .schedule import ScheduleError, build_schedule, effective_r, token_counts
 from .setting import MergeSetting, apply_merge, as_setting, set_attention
 from .state import AttentionInfo, MergeState
 
 __all__ = [
-    "METHODS", "SALIENCY_BACKENDS", "AttentionInfo", "LayerMerge", "MergeMethod", "MergePlan", "MergeSettings",
-    "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge", "as_setting", "set_attention", "RandomMerge", "ScheduleError", "ToMe", "VidTLDR", "bipartite_soft_matching",
-    "build_method", "build_schedule", "effective_r", "find_mergeable", "merge_tokens", "merge_wavg",
-    "negative_entropy_from_probs", "negative_entropy_from_qk", "patch", "sharpen", "token_counts", "unpatch",
-    "vidtldr_saliency",
+    "METHODS", "POSITIONS", "SALIENCY_BACKENDS", "AttentionInfo", "DropPlan", "LayerMerge", "MergeMethod", "MergePlan",
+    "MergeSettings", "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge", "as_setting", "set_attention",
+    "RandomDrop", "RandomMerge", "RepShiftDrop", "SaliencyDrop", "ScheduleError", "ToMe", "VidTLDR",
+    "VidTLDRRepShift", "bipartite_soft_matching", "build_method", "build_schedule", "drop_lowest", "effective_r",
+    "find_mergeable", "keep_tokens", "merge_tokens", "merge_wavg", "negative_entropy_from_probs",
+    "negative_entropy_from_qk", "patch", "raw_saliency", "representation_shift", "sharpen", "token_counts",
+    "unpatch", "vidtldr_saliency",
 ]

@@ -1,7 +1,7 @@
-"""Bipartite soft matching (ToMe) and the merge arithmetic shared by every merge method.
+"""Bipartite soft matching (ToMe), the merge arithmetic and the drop arithmetic shared by every method.
 
 The functions here are the single source of truth for the merge math; methods only decide the metric, the
-number of tokens and the per-source weights.
+number of tokens and the per-source weights (merges) or the score that ranks tokens (drops).
 """
 from __future__ import annotations
 
@@ -96,3 +96,29 @@ def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None) -> tuple[Tensor,
 def even_gather(values: Tensor, idx: Tensor) -> Tensor:
     """values: (B, N, 1) per-token values -> (B, r, 1) values of the even tokens at idx (B, r, 1)."""
     return values[..., ::2, :].gather(dim=-2, index=idx)
+
+
+@dataclass
+class DropPlan:
+    """Which tokens survive a drop (pruning, no merging). keep_idx: (B, N - r, 1) kept positions, ascending, so
+    kept tokens stay in positional order. Dropped tokens vanish: nothing of them reaches the output."""
+
+    keep_idx: Tensor
+
+
+def drop_lowest(score: Tensor, r: int, protected: int = 0) -> DropPlan:
+    """A plan dropping, per sample, the r tokens with the lowest score: (B, N, 1) or (B, N), any orderable dtype.
+
+    Ties go to the earlier position (stable sort). The first ``protected`` tokens are never dropped.
+    """
+    with torch.no_grad():
+        score = score.reshape(score.shape[0], -1)[:, protected:]
+        order = torch.sort(score, dim=-1, stable=True)[1][:, r:] + protected
+        prefix = torch.arange(protected, device=order.device).expand(order.shape[0], -1)
+        keep_idx = torch.cat([prefix, order.sort(dim=-1)[0]], dim=1)
+    return DropPlan(keep_idx=keep_idx[..., None])
+
+
+def keep_tokens(plan: DropPlan, t: Tensor) -> Tensor:
+    """Apply a drop plan to t: (B, N, C) -> (B, N - r, C), the kept rows unchanged and in positional order."""
+    return t.gather(dim=-2, index=plan.keep_idx.expand(-1, -1, t.shape[-1]))

@@ -1,7 +1,8 @@
 """Token-reduction methods behind one small interface.
 
-A method turns (x, attention info, r) into a MergePlan; the shared arithmetic in ``matching`` applies it to the
-hidden states, the sizes and the sources. Adding a method (pruning, random merge, ...) is one class.
+A method turns (x, attention info, r, state) into a plan: a MergePlan (merge r tokens into others) or a DropPlan
+(drop r tokens); the shared arithmetic in ``matching`` applies it to the hidden states, the sizes and the sources.
+Adding a method (pruning, random merge, ...) is one class.
 """
 from __future__ import annotations
 
@@ -10,41 +11,76 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from .matching import MergePlan, bipartite_soft_matching, even_gather, merge_tokens, merge_wavg
-from .saliency import check_saliency_backend, vidtldr_saliency
+from .matching import (
+    DropPlan, MergePlan, bipartite_soft_matching, drop_lowest, even_gather, keep_tokens, merge_tokens, merge_wavg,
+)
+from .saliency import check_saliency_backend, raw_saliency, sharpen, vidtldr_saliency
 from .schedule import RValue, effective_r
 from .state import AttentionInfo, MergeState
+
+POSITIONS = ("attn", "mlp")
+
+
+def check_position(position: str) -> str:
+    """position if it is one of POSITIONS, else a ValueError naming it."""
+    if position not in POSITIONS:
+        raise ValueError(f"unknown merge position {position!r}; choose one of {POSITIONS}")
+    return position
 
 
 class MergeMethod(ABC):
     """Base class. Subclasses implement ``plan``; ``__call__`` applies it (x, size, source).
 
-    needs_attention: the block must expose AttentionInfo (probs or q/k). proportional_attention: later blocks
-    add log(size) to their attention logits. protected: leading tokens that never merge (CLS).
+    needs_attention: the block must expose AttentionInfo (probs or q/k). needs_shift: the blocks record the
+    representation shift in MergeState.shift (``shift.representation_shift``). position: where the block calls
+    the method: "attn" (after the attention residual, before the MLP: ToMe, vid-TLDR) or "mlp" (after the MLP
+    residual). proportional_attention: later blocks add log(size) to their attention logits. protected: leading
+    tokens that never merge nor drop (CLS).
     """
 
     name: str = "base"
     needs_attention: bool = False
+    needs_shift: bool = False
+    position: str = "attn"
 
     def __init__(self, proportional_attention: bool = True, protected: int = 0) -> None:
         self.proportional_attention = proportional_attention
         self.protected = protected
 
     @abstractmethod
-    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int) -> MergePlan:
-        """x: (B, N, C) hidden state after the attention residual -> a plan removing r tokens."""
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan | DropPlan:
+        """x: (B, N, C) hidden state at the method's position -> a plan removing r tokens. state: this forward's
+        MergeState (representation shift, blocks done so far); None when called outside a block."""
 
     def __call__(self, x: Tensor, state: MergeState, attn: AttentionInfo | None, r: RValue) -> Tensor:
-        """Merge r tokens of x: (B, N, C) -> (B, N - r', C), updating state.size / state.source."""
+        """Remove r tokens of x: (B, N, C) -> (B, N - r', C), updating state.size / state.source / state.shift."""
         r_eff = effective_r(r, x.shape[1], self.protected)
         if r_eff == 0:
             return x
         state.init_source(x)
-        plan = self.plan(x, attn, r_eff)
+        plan = self.plan(x, attn, r_eff, state)
+        if isinstance(plan, DropPlan):
+            x = keep_tokens(plan, x)
+            if state.size is not None:
+                state.size = keep_tokens(plan, state.size)
+            if state.shift is not None:
+                state.shift = keep_tokens(plan, state.shift)
+            if state.source is not None:
+                state.source = keep_tokens(plan, state.source)
+            return x
         x, state.size = merge_wavg(plan, x, state.size)
+        state.shift = None  # merged tokens have no shift of their own; the next MLP records a fresh one
         if state.source is not None:
             state.source = merge_tokens(plan, state.source, mode="amax")
         return x
+
+    def shift_of(self, state: MergeState | None) -> Tensor:
+        """state.shift (B, N, 1), or a ValueError saying how to get it recorded."""
+        if state is None or state.shift is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the representation shift: run it in the blocks of an encoder whose "
+                "forward starts from encoder.new_merge_state() (MergeState(record_shift=True))")
+        return state.shift
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(proportional_attention={self.proportional_attention}, protected={self.protected})"
@@ -65,7 +101,7 @@ class ToMe(MergeMethod):
         self.metric = metric
         self.needs_attention = metric == "keys"
 
-    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int) -> MergePlan:
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
         if self.metric == "keys":
             if attn is None or attn.k is None:
                 raise ValueError("ToMe(metric='keys') needs the block's keys in AttentionInfo")
@@ -77,28 +113,65 @@ class ToMe(MergeMethod):
 
 class VidTLDR(MergeMethod):
     """vid-TLDR (Choi et al., CVPR 2024): ToMe matching on the hidden state, every merged source weighted by its
-    attention-sharpness saliency, so background tokens (saliency 0) are dropped. Official semantics."""
+    saliency, so background tokens (saliency 0) are dropped. Official semantics with saliency "entropy".
+
+    saliency: "entropy" (official: sharpness of this block's attention, needs the attention) or "repshift"
+    (Representation Shift, Choi et al., ICCV 2025: the L2 distance the MLP moved each token, through the same
+    min-max / background / sharpening steps; no attention map, so the fused kernel runs and no q / k pass is paid).
+    position (repshift only): "attn" (default) merges where vid-TLDR and ToMe do, between the attention residual
+    and the MLP, so the FLOPs stay ToMe's; the score there is the shift of the PREVIOUS block's MLP, handed over
+    in MergeState.shift (in the first block, where no MLP ran yet, the shift across this block's attention).
+    "mlp" merges after this block's MLP with its own shift, as the paper measures and prunes (see RepShiftDrop),
+    at the price of running this block's MLP on the r merged tokens too. Why "attn" by default: the paper measures
+    across the MLP (its Fig. 2), and vid-TLDR merges before the MLP; handing the last MLP's shift to the next merge
+    keeps both, at ToMe's token counts per block.
+    """
 
     name = "vidtldr"
-    needs_attention = True
+    SALIENCIES = ("entropy", "repshift")
 
     def __init__(
         self, proportional_attention: bool = True, protected: int = 0, chunk_size: int = 512,
-        saliency_backend: str = "auto",
+        saliency_backend: str = "auto", saliency: str = "entropy", position: str = "attn",
     ) -> None:
         super().__init__(proportional_attention, protected)
         if chunk_size < 1:
             raise ValueError(f"vid-TLDR chunk_size must be a positive number of queries, got {chunk_size}")
+        if saliency not in self.SALIENCIES:
+            raise ValueError(f"unknown vid-TLDR saliency {saliency!r}; choose one of {self.SALIENCIES}")
+        self.position = check_position(position)
+        if saliency == "entropy" and position != "attn":
+            raise ValueError("vid-TLDR's entropy saliency comes from the block's attention: position must be 'attn', "
+                             f"got {position!r}")
         self.chunk_size = chunk_size
         self.saliency_backend = check_saliency_backend(saliency_backend)
+        self.saliency = saliency
+        self.needs_attention = saliency == "entropy"
+        self.needs_shift = saliency == "repshift"
 
-    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int) -> MergePlan:
+    def token_saliency(self, attn: AttentionInfo | None, state: MergeState | None) -> Tensor:
+        """(B, N, 1) saliency in [0, 1] of the tokens at the merge slot."""
+        if self.saliency == "repshift":
+            with torch.no_grad():
+                return sharpen(self.shift_of(state))
         if attn is None:
             raise ValueError("vid-TLDR needs the block's attention (AttentionInfo)")
-        saliency = vidtldr_saliency(attn, self.chunk_size, self.saliency_backend)
+        return vidtldr_saliency(attn, self.chunk_size, self.saliency_backend)
+
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
+        saliency = self.token_saliency(attn, state)
         plan = bipartite_soft_matching(x, r, protected=self.protected, sort_unmerged=True, affine_scores=True)
         plan.src_weight = even_gather(saliency, plan.src_idx)
         return plan
+
+
+class VidTLDRRepShift(VidTLDR):
+    """vid-TLDR with the Representation-Shift saliency: ``VidTLDR(saliency="repshift")`` by name (see VidTLDR)."""
+
+    name = "vidtldr_repshift"
+
+    def __init__(self, proportional_attention: bool = True, protected: int = 0, position: str = "attn") -> None:
+        super().__init__(proportional_attention, protected, saliency="repshift", position=position)
 
 
 class RandomMerge(MergeMethod):
@@ -110,7 +183,7 @@ class RandomMerge(MergeMethod):
         super().__init__(proportional_attention, protected)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int) -> MergePlan:
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
         b, n, _ = x.shape
         n_a, n_b = (n + 1) // 2, n // 2
         first = (self.protected + 1) // 2
@@ -123,18 +196,114 @@ class RandomMerge(MergeMethod):
         return MergePlan(src_idx=src_idx, dst_idx=dst_idx, unm_idx=unm_idx)
 
 
-METHODS: dict[str, type[MergeMethod]] = {m.name: m for m in (ToMe, VidTLDR, RandomMerge)}
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(h: int | Tensor) -> int | Tensor:
+    """A 32-bit integer hash finaliser on ints or int64 tensors holding values in [0, 2^32) (products stay < 2^59,
+    so no overflow on any device)."""
+    h = (((h >> 16) ^ h) * 0x45D9F3B) & _MASK32
+    h = (((h >> 16) ^ h) * 0x45D9F3B) & _MASK32
+    return (h >> 16) ^ h
+
+
+def random_keys(seed: int, layer: int, batch: int, tokens: int, device: torch.device | str | None = None) -> Tensor:
+    """(batch, tokens) int64 pseudo-random keys in [0, 2^32), a hash of (seed, layer, row, position)."""
+    base = _mix32(_mix32(seed & _MASK32) ^ (layer & _MASK32))
+    rows = torch.arange(batch, device=device, dtype=torch.int64)[:, None]
+    cols = torch.arange(tokens, device=device, dtype=torch.int64)[None, :]
+    return _mix32(_mix32(rows ^ base) ^ cols)
+
+
+class RandomDrop(MergeMethod):
+    """Baseline: drop r random tokens, no merging (the baseline LITE, arXiv 2411.13626, found most reduction
+    methods fail to beat). The draw hashes (seed, block index, the sample's row in the batch, token position) with
+    integer tensor ops: the same for a seed on every device and rerun, independent of the tokens' values, and
+    compilable (no host generator). Prefix tokens are never dropped."""
+
+    name = "random_drop"
+
+    def __init__(self, seed: int = 0, proportional_attention: bool = True, protected: int = 0) -> None:
+        super().__init__(proportional_attention, protected)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"random_drop seed must be an integer, got {seed!r}")
+        self.seed = seed
+
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> DropPlan:
+        layer = len(state.tokens_per_layer) if state is not None else 0
+        keys = random_keys(self.seed, layer, x.shape[0], x.shape[1], x.device)
+        return drop_lowest(keys, r, self.protected)
+
+
+class SaliencyDrop(MergeMethod):
+    """Drop the r least salient tokens by vid-TLDR's saliency (attention sharpness), no merging.
+
+    vid-TLDR's sharpened saliency is a non-decreasing function of the raw negative entropy (background ties at 0),
+    so the raw score ranks: the same drops wherever the sharpened score tells tokens apart, background ties broken
+    by sharpness instead of position. 0 log 0 = 0 on every attention path (no NaN from underflowed probabilities).
+    """
+
+    name = "saliency_drop"
+    needs_attention = True
+
+    def __init__(
+        self, chunk_size: int = 512, saliency_backend: str = "auto", proportional_attention: bool = True,
+        protected: int = 0,
+    ) -> None:
+        super().__init__(proportional_attention, protected)
+        if chunk_size < 1:
+            raise ValueError(f"saliency_drop chunk_size must be a positive number of queries, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.saliency_backend = check_saliency_backend(saliency_backend)
+
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> DropPlan:
+        if attn is None:
+            raise ValueError("saliency_drop needs the block's attention (AttentionInfo)")
+        score = raw_saliency(attn, self.chunk_size, self.saliency_backend, zero_safe=True)
+        return drop_lowest(score, r, self.protected)
+
+
+class RepShiftDrop(MergeMethod):
+    """Representation Shift pruning (Choi et al., ICCV 2025, arXiv 2508.00367): drop the r tokens that the MLP
+    moved least (L2 distance of the token before and after the MLP sublayer), no merging, no attention map.
+
+    position "mlp" (default, the paper's): measure the shift across this block's MLP and prune this block's output
+    (the paper's schedules also prune at block 0, which only the same block's MLP can score). "attn": prune
+    between the attention residual and the MLP, as ToMe, with the previous block's shift (first block: the shift
+    across its attention), which saves this block's MLP on the dropped tokens.
+    """
+
+    name = "repshift_drop"
+    needs_shift = True
+
+    def __init__(self, position: str = "mlp", proportional_attention: bool = True, protected: int = 0) -> None:
+        super().__init__(proportional_attention, protected)
+        self.position = check_position(position)
+
+    def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> DropPlan:
+        return drop_lowest(self.shift_of(state), r, self.protected)
+
+
+METHODS: dict[str, type[MergeMethod]] = {
+    m.name: m for m in (ToMe, VidTLDR, RandomMerge, VidTLDRRepShift, RandomDrop, SaliencyDrop, RepShiftDrop)
+}
+
+
+def _key(name: str) -> str:
+    return str(name).lower().replace("-", "").replace("_", "")
 
 
 def build_method(method: str | MergeMethod, **kwargs: object) -> MergeMethod | None:
-    """A method from its name ("vidtldr", "tome", "random"; "none" -> None) or pass an instance through."""
+    """A method from its name (any key of METHODS, case, "-" and "_" ignored; "none" -> None) or pass an
+    instance through."""
     if isinstance(method, MergeMethod):
         if kwargs:
             raise ValueError("method options are only accepted together with a method name")
         return method
-    key = str(method).lower().replace("-", "").replace("_", "")
+    key = _key(method)
     if key in ("none", "off", ""):
         return None
-    if key not in METHODS:
+    by_key = {_key(name): cls for name, cls in METHODS.items()}
+    if key not in by_key:
         raise ValueError(f"unknown merge method {method!r}; choose one of {['none', *METHODS]}")
-    return METHODS[key](**kwargs)
+    return by_key[key](**kwargs)

@@ -28,6 +28,15 @@ class LayerMerge(nn.Module):
     def needs_attention(self) -> bool:
         return self.method.needs_attention
 
+    @property
+    def needs_shift(self) -> bool:
+        return self.method.needs_shift
+
+    @property
+    def position(self) -> str:
+        """"attn": the block calls this slot after the attention residual; "mlp": after the MLP residual."""
+        return self.method.position
+
     def forward(self, x: Tensor, state: MergeState, attn: AttentionInfo | None) -> Tensor:
         """x: (B, N, C) -> (B, N', C)."""
         return self.method(x, state, attn, self.r)
@@ -48,16 +57,20 @@ class MergeSettings:
 class MergeableEncoder(nn.Module):
     """Mixin for encoders that support merging (the merge contract). Subclasses define ``self.blocks``
     (nn.ModuleList) whose blocks have a ``merge`` attribute (None or LayerMerge) called between the attention
-    residual and the MLP, call ``self.new_merge_state()`` at the start of forward, and declare
-    ``num_prefix_tokens``: the leading tokens (CLS) that ``patch`` protects from merging."""
+    residual and the MLP (``merge.position == "attn"``) or after the MLP residual ("mlp"), record the
+    representation shift of the MLP in ``state.shift`` when ``state.record_shift``, call ``self.new_merge_state()``
+    at the start of forward, and declare ``num_prefix_tokens``: the leading tokens (CLS) that ``patch`` protects
+    from merging. ``backbones.layers.Block`` does all of this."""
 
     blocks: nn.ModuleList
     merge_settings: MergeSettings
 
     def new_merge_state(self) -> MergeState:
         settings = getattr(self, "merge_settings", None) or MergeSettings()
-        prop = settings.method.proportional_attention if settings.method is not None else True
-        return MergeState(trace_source=settings.trace_source, proportional_attention=prop)
+        method = settings.method
+        prop = method.proportional_attention if method is not None else True
+        shift = method.needs_shift if method is not None else False
+        return MergeState(trace_source=settings.trace_source, proportional_attention=prop, record_shift=shift)
 
     @property
     def num_tokens(self) -> int | None:

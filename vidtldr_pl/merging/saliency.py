@@ -13,9 +13,14 @@ from torch import Tensor
 from .state import AttentionInfo
 
 
-def negative_entropy_from_probs(probs: Tensor) -> Tensor:
-    """probs: (B, H, N, M) attention rows -> (B, N, 1) sum_j p_ij log p_ij of the head mean p."""
+def negative_entropy_from_probs(probs: Tensor, zero_safe: bool = False) -> Tensor:
+    """probs: (B, H, N, M) attention rows -> (B, N, 1) sum_j p_ij log p_ij of the head mean p.
+
+    zero_safe: take 0 log 0 = 0 (as the q/k paths do) instead of the official NaN of an underflowed probability.
+    """
     p = probs.float().mean(dim=1)
+    if zero_safe:
+        return torch.special.xlogy(p, p).sum(dim=-1, keepdim=True)
     return (p * p.log()).sum(dim=-1, keepdim=True)
 
 
@@ -72,18 +77,26 @@ def sharpen(score: Tensor) -> Tensor:
     return score.masked_fill(background, 0.0)
 
 
+def raw_saliency(
+    attn: AttentionInfo | Tensor, chunk_size: int = 512, backend: str = "auto", zero_safe: bool = False
+) -> Tensor:
+    """vid-TLDR's score before ``sharpen``: (B, N, 1) negative entropy of the head-mean attention, from explicit
+    probs (B, H, N, N) or from q / k (chunk_size and backend: see negative_entropy_from_qk). zero_safe: see
+    negative_entropy_from_probs (the q / k paths are always zero-safe)."""
+    with torch.no_grad():
+        if isinstance(attn, Tensor):
+            return negative_entropy_from_probs(attn, zero_safe)
+        if attn.probs is not None:
+            return negative_entropy_from_probs(attn.probs, zero_safe)
+        if attn.q is not None and attn.k is not None:
+            return negative_entropy_from_qk(attn.q, attn.k, chunk_size, backend)
+        raise ValueError("vid-TLDR needs the attention: AttentionInfo has neither probs nor q and k")
+
+
 def vidtldr_saliency(attn: AttentionInfo | Tensor, chunk_size: int = 512, backend: str = "auto") -> Tensor:
     """The official vid-TLDR token saliency (B, N, 1) from explicit probs (B, H, N, N) or from q / k.
 
     chunk_size and backend choose how q / k are turned into the score (see negative_entropy_from_qk).
     """
     with torch.no_grad():
-        if isinstance(attn, Tensor):
-            raw = negative_entropy_from_probs(attn)
-        elif attn.probs is not None:
-            raw = negative_entropy_from_probs(attn.probs)
-        elif attn.q is not None and attn.k is not None:
-            raw = negative_entropy_from_qk(attn.q, attn.k, chunk_size, backend)
-        else:
-            raise ValueError("vid-TLDR needs the attention: AttentionInfo has neither probs nor q and k")
-        return sharpen(raw)
+        return sharpen(raw_saliency(attn, chunk_size, backend))

@@ -20,9 +20,10 @@ from .schedule import token_counts
 class MergeSetting:
     """A merge setting.
 
-    method: "none", "tome", "vidtldr", "random" (or any name in ``METHODS``); r: per-block list or one count /
-    fraction at ``layers`` (every block when None); attention: "fused", "explicit", "flex" or None (keep the
-    model's); method_options: extra method arguments (e.g. {"saliency_backend": "chunked"}); trace_source: record
+    method: "none", "tome", "vidtldr", "vidtldr_repshift", "random", "random_drop", "saliency_drop",
+    "repshift_drop" (any name in ``METHODS``); r: per-block list or one count / fraction at ``layers`` (every block
+    when None); attention: "fused", "explicit", "flex" or None (keep the model's); method_options: extra method
+    arguments (e.g. {"saliency_backend": "chunked"}, {"saliency": "repshift"}, {"seed": 1}); trace_source: record
     which input patches each token holds; name: a label for tables (default: the method).
     """
 

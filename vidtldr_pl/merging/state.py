@@ -28,6 +28,9 @@ class MergeState:
     size: (B, N, 1) float32 number of input patches each token stands for (fractional under vid-TLDR); None
         until the first merge. source: (B, N, N0) which of the N0 tokens entering the first merging layer each
         token holds (only when ``trace_source``). tokens_per_layer: token count after each block.
+    record_shift: the blocks record ``shift`` (set when the method asks for it; no cost otherwise).
+    shift: (B, N, 1) float32 representation shift of the current tokens: the L2 distance the last MLP sublayer
+        moved each token (``representation_shift``); None before the first MLP and right after a merge.
     """
 
     trace_source: bool = False
@@ -35,6 +38,8 @@ class MergeState:
     size: Tensor | None = None
     source: Tensor | None = None
     tokens_per_layer: list[int] = field(default_factory=list)
+    record_shift: bool = False
+    shift: Tensor | None = None
 
     def attention_bias(self) -> Tensor | None:
         """log(size) as a per-key additive bias (B, 1, 1, N), or None when no merge happened yet."""
