@@ -1,4 +1,4 @@
-"""UMT vision-encoder throughput: videos/s, peak memory and GFLOPs with and without token merging.
+"""Vision-encoder throughput of a registered model: videos/s, peak memory and GFLOPs with and without token merging.
 
 Rows (``--rows``, all five by default), for every (dtype, frames, batch):
 
@@ -10,10 +10,12 @@ Rows (``--rows``, all five by default), for every (dtype, frames, batch):
 * on request, ``flex-none`` / ``flex-vidtldr``: FlexAttention with the log-size bias as a score_mod instead of SDPA
   (``attention="flex"``), to pick the fastest exact kernel on a GPU.
 
-Only the vision encoder is built (random init, seeded; throughput does not depend on the weights, and merge
-schedules fix the token counts). bf16 runs under ``torch.autocast`` (weights stay fp32). Each cell is the median
-over ``--iters`` timed iterations after ``--warmup`` untimed ones (CUDA events + synchronize on CUDA,
-``perf_counter`` on CPU), in ``torch.inference_mode``. "merge %" is the share of encoder time spent inside the
+The model comes from the registry (``vidtldr_pl.backbones.create_model``, ``--model``: UMT-B/16 by default,
+``videomae_b16`` and every other registered name work); only its first mergeable encoder is kept and timed (random
+init, seeded; throughput does not depend on the weights, and merge schedules fix the token counts). Each row's
+setting is applied with ``vidtldr_pl.merging.apply_merge``. bf16 runs under ``torch.autocast`` (weights stay
+fp32). Each cell is the median over ``--iters`` timed iterations after ``--warmup`` untimed ones (CUDA events +
+synchronize on CUDA, ``perf_counter`` on CPU), in ``torch.inference_mode``. "merge %" is the share of encoder time spent inside the
 merge modules (``LayerMerge``), measured in a separate eager pass with forward hooks so that the hooks do not
 disturb the main timing. GFLOPs per video are counted on the meta device (torch unit: 2 per multiply-add).
 
@@ -22,6 +24,7 @@ Usage::
     python benchmarks/encoder_throughput.py                          # UMT-B/16, 8 and 12 frames, batch 1/16/32, bf16 + fp32
     python benchmarks/encoder_throughput.py --check --write BENCHMARKS.md   # + fp32 exactness check, (re)write the section
     python benchmarks/encoder_throughput.py --compile                # torch.compile the fast rows
+    python benchmarks/encoder_throughput.py --model videomae_b16 --frames 16 --r 400,133,67   # VideoMAE-B/16
     python benchmarks/encoder_throughput.py --model umt_tiny --frames 4 --batch 2 --dtype fp32 --iters 2 --warmup 1
 """
 
@@ -51,22 +54,27 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vidtldr_pl.backbones.umt import UMT_CONFIGS, VisionTransformer
-from vidtldr_pl.flops import FlopReport, vision_flops
+from vidtldr_pl.backbones import create_model, list_models
+from vidtldr_pl.flops import FlopReport, encoder_flops
 from vidtldr_pl.flops.report import compact_tokens
 from vidtldr_pl.merging import (
     SALIENCY_BACKENDS,
     LayerMerge,
+    MergeableEncoder,
+    MergeSetting,
+    apply_merge,
+    find_mergeable,
     negative_entropy_from_probs,
     negative_entropy_from_qk,
-    patch,
-    unpatch,
 )
 from vidtldr_pl.merging.saliency import resolve_saliency_backend
 
 SECTION = "## Encoder throughput"
 MSRVTT_R = "600,200,100"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+PATHS = {"explicit": "reference", "fused": "fast", "flex": "flex"}  # attention mode -> row path
+KEY_PREFIX = {"reference": "ref", "fast": "fast", "flex": "flex"}
+METHOD_LABELS = {"none": "none", "tome": "ToMe", "vidtldr": "vid-TLDR", "random": "random"}
 
 
 @dataclass(frozen=True)
@@ -80,19 +88,26 @@ class RowSpec:
 
     @property
     def label(self) -> str:
-        return {"none": "none", "tome": "ToMe", "vidtldr": "vid-TLDR"}[self.method]
+        return METHOD_LABELS.get(self.method, self.method)
+
+
+def row_spec(attention: str, method: str) -> RowSpec:
+    """The row of one attention mode ("explicit", "fused", "flex") and merge method (any name in
+    ``vidtldr_pl.merging.METHODS``, or "none"); key ``<ref|fast|flex>-<method>``."""
+    path = PATHS[attention]
+    return RowSpec(f"{KEY_PREFIX[path]}-{method}", path, attention, method)
 
 
 ROW_SPECS: dict[str, RowSpec] = {
     s.key: s
     for s in (
-        RowSpec("ref-none", "reference", "explicit", "none"),
-        RowSpec("ref-vidtldr", "reference", "explicit", "vidtldr"),
-        RowSpec("fast-none", "fast", "fused", "none"),
-        RowSpec("fast-tome", "fast", "fused", "tome"),
-        RowSpec("fast-vidtldr", "fast", "fused", "vidtldr"),
-        RowSpec("flex-none", "flex", "flex", "none"),
-        RowSpec("flex-vidtldr", "flex", "flex", "vidtldr"),
+        row_spec("explicit", "none"),
+        row_spec("explicit", "vidtldr"),
+        row_spec("fused", "none"),
+        row_spec("fused", "tome"),
+        row_spec("fused", "vidtldr"),
+        row_spec("flex", "none"),
+        row_spec("flex", "vidtldr"),
     )
 }
 DEFAULT_ROWS = ["ref-none", "ref-vidtldr", "fast-none", "fast-tome", "fast-vidtldr"]
@@ -153,30 +168,45 @@ class Report:
 # ----------------------------------------------------------------------------------------------- model setup
 
 
-def build_encoder(model: str, device: torch.device | str, frames: int, seed: int = 0) -> VisionTransformer:
-    """The preset's vision encoder only (no text encoder), eval mode, seeded random init, on device.
+def build_encoder(model: str, device: torch.device | str, frames: int, seed: int = 0) -> MergeableEncoder:
+    """The first mergeable encoder of the registered model ``model`` (``create_model(model, num_frames=frames)``,
+    seeded random init, built directly on device; the rest of the model, e.g. UMT's text encoder, is dropped), in
+    eval mode without gradients. Input: (B, 3, T, H, W).
 
-    The position table follows the input's frame count, so one encoder serves every ``--frames`` value.
+    The sin-cos position table follows the input's frame count, so one encoder serves every ``--frames`` value.
     """
-    if model not in UMT_CONFIGS:
-        raise ValueError(f"unknown UMT preset {model!r}; choose one of {sorted(UMT_CONFIGS)}")
-    cfg = UMT_CONFIGS[model](num_frames=frames).vision
+    names = list_models()
+    if model not in names:
+        raise ValueError(f"unknown model {model!r}; choose one of {names}")
     torch.manual_seed(seed)
     with torch.device(device):
-        encoder = VisionTransformer(cfg)
-    return encoder.eval().requires_grad_(False)
+        full = create_model(model, num_frames=frames)
+    encoders = find_mergeable(full)
+    if not encoders:
+        raise ValueError(f"model {model!r} has no mergeable encoder")
+    return encoders[0].eval().requires_grad_(False)
 
 
-def configure(encoder: VisionTransformer, spec: RowSpec, r: str, saliency_backend: str = "auto") -> VisionTransformer:
-    """Set the row's attention path and merge method on encoder (in place); saliency_backend: vid-TLDR's q / k
-    saliency ("auto": the Triton kernels on CUDA, chunked PyTorch elsewhere)."""
-    encoder.encoder.set_attention(spec.attention)
-    unpatch(encoder)
-    if spec.method != "none":
-        options = {"saliency_backend": saliency_backend} if spec.method == "vidtldr" else {}
-        patch(encoder, spec.method, r=r, **options)
+def video_shape(encoder: MergeableEncoder, batch: int, frames: int) -> tuple[int, ...]:
+    """(batch, 3, frames, H, W) for the encoder's configured image size."""
+    shape = list(encoder.example_input(1, "meta").shape)
+    shape[0], shape[2] = batch, frames
+    return tuple(shape)
+
+
+def merge_setting(spec: RowSpec, r: str, saliency_backend: str = "auto", trace_source: bool = False) -> MergeSetting:
+    """The row's MergeSetting: its attention mode and method with schedule r ("none": no merging);
+    saliency_backend: vid-TLDR's q / k saliency ("auto": the Triton kernels on CUDA, chunked PyTorch elsewhere)."""
+    options = {"saliency_backend": saliency_backend} if spec.method == "vidtldr" else None
+    return MergeSetting(method=spec.method, r=None if spec.method == "none" else r, attention=spec.attention,
+                        method_options=options, trace_source=trace_source)
+
+
+def configure(encoder: MergeableEncoder, spec: RowSpec, r: str, saliency_backend: str = "auto",
+              trace_source: bool = False) -> MergeableEncoder:
+    """Apply the row's setting to encoder (in place, through ``apply_merge``)."""
+    apply_merge(encoder, merge_setting(spec, r, saliency_backend, trace_source))
     return encoder
-
 
 
 def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -186,14 +216,15 @@ def precision(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-def flop_report(meta_encoder: VisionTransformer, spec: RowSpec, frames: int, r: str) -> FlopReport:
-    """GFLOPs per video of the row's configuration, counted on the meta device (shapes only; the saliency is
-    counted as the chunked path computes it: one q k^T per merging layer; flex rows are counted as their SDPA
-    twin, since FlexAttention does not run on the meta device and does the same arithmetic)."""
+def flop_report(encoder: MergeableEncoder, spec: RowSpec, frames: int, r: str) -> FlopReport:
+    """GFLOPs per video of the row's configuration (``encoder_flops``: counted on the meta device, shapes only,
+    the encoder's weights untouched; the saliency is counted as the chunked path computes it: one q k^T per
+    merging layer; flex rows are counted as their SDPA twin, since FlexAttention does not run on the meta device
+    and does the same arithmetic). Leaves the encoder configured for that count: configure it again to run."""
     if spec.attention == "flex":
         spec = dataclasses.replace(spec, attention="fused")
-    configure(meta_encoder, spec, r, saliency_backend="chunked")
-    return vision_flops(meta_encoder, frames, meta_encoder.cfg.img_size, device="meta")
+    configure(encoder, spec, r, saliency_backend="chunked")
+    return encoder_flops(encoder, video_shape(encoder, 1, frames))
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -283,7 +314,7 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def measure_row(encoder: VisionTransformer, spec: RowSpec, video: Tensor, dtype: str, args: argparse.Namespace,
+def measure_row(encoder: nn.Module, spec: RowSpec, video: Tensor, dtype: str, args: argparse.Namespace,
                 flops: FlopReport) -> RowResult:
     """Time one configured row: throughput and peak memory, then the merge-share profiling pass."""
     device = video.device
@@ -356,21 +387,20 @@ def non_degenerate_weights(encoder: nn.Module, seed: int = 0) -> nn.Module:
     return encoder
 
 
-def check_exactness(encoder: VisionTransformer, frames: int, batch: int, r: str, seed: int = 0,
+def check_exactness(encoder: MergeableEncoder, frames: int, batch: int, r: str, seed: int = 0,
                     saliency_backend: str = "auto") -> CheckResult:
     """fp32 (TF32 off): reference vid-TLDR vs fast vid-TLDR, same weights, same input (use
-    ``non_degenerate_weights`` first: see there). Compares the outputs, which original tokens every output token
-    holds, and the raw saliency at the first merging block (whose input is the same on both paths)."""
+    ``non_degenerate_weights`` first: see there). Compares the output tokens (B, N', C) and their mean over tokens
+    ("pooled", (B, C)), which original tokens every output token holds, and the raw saliency at the first merging
+    block (whose input is the same on both paths)."""
     device = next(encoder.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    size = encoder.cfg.img_size
-    video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
+    video = torch.randn(video_shape(encoder, batch, frames), generator=gen).to(device)
     backend = resolve_saliency_backend(saliency_backend, device)
     outs, raw = {}, {}
     with torch.inference_mode(), _no_tf32():
         for key in ("ref-vidtldr", "fast-vidtldr"):
-            configure(encoder, ROW_SPECS[key], r, backend)
-            encoder.encoder.merge_settings.trace_source = True
+            configure(encoder, ROW_SPECS[key], r, backend, trace_source=True)
             first = next(m for m in encoder.modules() if isinstance(m, LayerMerge) and m.r)
 
             def grab(module: nn.Module, args: tuple, key: str = key) -> None:
@@ -380,10 +410,11 @@ def check_exactness(encoder: VisionTransformer, frames: int, batch: int, r: str,
 
             handle = first.register_forward_pre_hook(grab)
             try:
-                tokens, pooled, state = encoder(video, return_state=True)
+                state = encoder.new_merge_state()
+                tokens = encoder(video, state)
             finally:
                 handle.remove()
-            outs[key] = tokens.float(), pooled.float(), list(state.tokens_per_layer), state.source
+            outs[key] = tokens.float(), tokens.float().mean(dim=1), list(state.tokens_per_layer), state.source
     (t_ref, p_ref, n_ref, s_ref), (t_fast, p_fast, n_fast, s_fast) = outs["ref-vidtldr"], outs["fast-vidtldr"]
     diff = (t_ref - t_fast).abs().max().item() if t_ref.shape == t_fast.shape else math.inf
     rel = ((raw["fast-vidtldr"] - raw["ref-vidtldr"]).abs() / raw["ref-vidtldr"].abs()).max().item()
@@ -491,7 +522,8 @@ def section_body(report: Report, args: argparse.Namespace, device: torch.device,
         "",
         f"Command: `{command}`",
         "",
-        (f"{args.model} vision encoder only (seeded random weights), r = [{args.r}] (one entry per block). "
+        (f"{args.model} vision encoder only (`create_model`, seeded random weights; settings applied with "
+         f"`apply_merge`), r = [{args.r}] (one entry per block). "
          "\"reference\": `attention=\"explicit\"` (N x N map materialised, official vid-TLDR semantics); "
          "\"fast\": `attention=\"fused\"` (SDPA; vid-TLDR saliency recomputed exactly from q / k). "
          "GFLOPs per video in torch's unit (2 per multiply-add, merge step included, counted on the meta device). "
@@ -504,7 +536,8 @@ def section_body(report: Report, args: argparse.Namespace, device: torch.device,
     ]
     if report.checks:
         header = ("fp32 exactness check (`--check`: reference vs fast vid-TLDR, same weights and input, TF32 off; "
-                  "weights re-drawn as randn / sqrt(fan_in), qkv x 2, so that attention is not near-uniform):")
+                  "weights re-drawn as randn / sqrt(fan_in), qkv x 2, so that attention is not near-uniform; "
+                  "\"pooled\" = the mean over the output tokens):")
         lines += ["", header, ""]
         lines += [f"- {c.describe()}" for c in report.checks]
     return "\n".join(lines)
@@ -530,7 +563,8 @@ def write_section(md_path: Path, body: str, heading: str = SECTION) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="umt_b16", choices=sorted(UMT_CONFIGS))
+    parser.add_argument("--model", default="umt_b16", choices=list_models(),
+                        help="a registered model (vidtldr_pl.backbones.list_models()); its first mergeable encoder is timed")
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 12])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 32])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
@@ -558,16 +592,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_rows(args: argparse.Namespace, device: torch.device) -> list[RowResult]:
     encoder = build_encoder(args.model, device, args.frames[0], args.seed)
-    meta = build_encoder(args.model, "meta", args.frames[0], args.seed)
     specs = [ROW_SPECS[k] for k in args.rows]
-    flops = {(s.key, f): flop_report(meta, s, f, args.r) for s in specs for f in args.frames}
-    size = encoder.cfg.img_size
+    flops = {(s.key, f): flop_report(encoder, s, f, args.r) for s in specs for f in args.frames}
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     results = []
     for dtype in args.dtype:
         for frames in args.frames:
             for batch in args.batch:
-                video = torch.randn(batch, 3, frames, size, size, generator=gen).to(device)
+                video = torch.randn(video_shape(encoder, batch, frames), generator=gen).to(device)
                 for spec in specs:
                     configure(encoder, spec, args.r, args.saliency_backend)
                     results.append(measure_row(encoder, spec, video, dtype, args, flops[(spec.key, frames)]))
