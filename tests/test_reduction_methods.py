@@ -8,7 +8,7 @@ import torch
 from vidtldr_pl.backbones.layers import ViTConfig, ViTEncoder
 from vidtldr_pl.merging import (
     METHODS, AttentionInfo, MergeState, RandomDrop, RepShiftDrop, SaliencyDrop, VidTLDR, VidTLDRRepShift,
-    build_method, drop_lowest, patch, sharpen, token_counts, vidtldr_saliency,
+    build_method, drop_lowest, find_mergeable, patch, sharpen, token_counts, vidtldr_saliency,
 )
 from vidtldr_pl.merging.methods import random_keys
 
@@ -281,3 +281,23 @@ def test_gradients_flow_through_drops(encoder):
     patch(encoder, "none")
     assert video.grad is not None and video.grad.abs().sum() > 0
     encoder.zero_grad(set_to_none=True)
+
+
+def test_repshift_saliency_pays_no_saliency_pass():
+    """FLOPs (meta device): vid-TLDR with the shift saliency under fused attention costs only its matching, as
+    entropy vid-TLDR does when it reuses an explicit map; entropy vid-TLDR under fused attention adds the q / k
+    pass. repshift_drop runs each pruning block's MLP on all its tokens (it prunes after the MLP)."""
+    from vidtldr_pl.backbones import create_model
+    from vidtldr_pl.flops.report import flops_table
+
+    fused = flops_table("umt_tiny", 4, "16,8", ["tome", "vidtldr", "vidtldr_repshift", "random_drop", "repshift_drop"],
+                        "fused", "meta")
+    explicit = flops_table("umt_tiny", 4, "16,8", ["vidtldr"], "explicit", "meta")
+    assert fused["vidtldr_repshift"].merge_flops == explicit["vidtldr"].merge_flops < fused["vidtldr"].merge_flops
+    assert fused["vidtldr_repshift"].encoder_gmacs == fused["tome"].encoder_gmacs == fused["random_drop"].encoder_gmacs
+    assert fused["random_drop"].merge_flops == 0
+    with torch.device("meta"):
+        cfg = find_mergeable(create_model("umt_tiny"))[0].cfg
+    mlp_macs = 2 * cfg.embed_dim * int(cfg.embed_dim * cfg.mlp_ratio)  # per token: fc1 + fc2
+    extra = (fused["repshift_drop"].encoder_gmacs - fused["random_drop"].encoder_gmacs) * 1e9
+    assert extra == pytest.approx((16 + 8) * mlp_macs)

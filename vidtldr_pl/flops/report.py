@@ -1,4 +1,5 @@
-"""Print GFLOPs and tokens per layer of a registered model's vision encoder with no merging, ToMe and vid-TLDR.
+"""Print GFLOPs and tokens per layer of a registered model's vision encoder with no merging, ToMe and vid-TLDR
+(or any registered methods: ``--methods none,tome,vidtldr,vidtldr_repshift,random_drop,repshift_drop``).
 
     python -m vidtldr_pl.flops.report --model umt_b16 --frames 12 --r 600,200,100
     python -m vidtldr_pl.flops.report --model videomae_b16 --frames 16 --r 400,200,100
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     base = results.get("none")
     table = Table(title=f"{args.model}, {args.frames} frames, r = [{args.r}], attention {args.attention}")
     for col in ("method", "encoder GMACs (paper)", "merge GMACs", "total GFLOPs (torch)", "vs none", "tokens per layer"):
-        table.add_column(col, justify="left" if col in ("method", "tokens per layer") else "right")
+        table.add_column(col, justify="left" if col in ("method", "tokens per layer") else "right",
+                         no_wrap=col == "method", min_width=max(len(m) for m in results) if col == "method" else None)
     for name, rep in results.items():
         ratio = f"{base.flops / rep.flops:.2f}x" if base else "-"
         table.add_row(name, f"{rep.encoder_gmacs:.1f}", f"{rep.merge_gmacs:.2f}", f"{rep.gflops:.1f}", ratio,
