@@ -8,7 +8,10 @@ Rows (``--rows``, all five by default), for every (dtype, frames, batch):
   ``scaled_dot_product_attention``, vid-TLDR saliency recomputed exactly from q / k: the Triton kernels on CUDA,
   query chunks in PyTorch elsewhere; ``--saliency-backend`` forces one) without merging, with ToMe and with vid-TLDR;
 * on request, ``flex-none`` / ``flex-vidtldr``: FlexAttention with the log-size bias as a score_mod instead of SDPA
-  (``attention="flex"``), to pick the fastest exact kernel on a GPU.
+  (``attention="flex"``), to pick the fastest exact kernel on a GPU;
+* on request, the fast path with the other registered methods: ``fast-vidtldr_repshift`` (vid-TLDR with the
+  Representation-Shift saliency: no attention map, no q / k pass), ``fast-random_drop``, ``fast-saliency_drop``,
+  ``fast-repshift_drop``.
 
 The model comes from the registry (``vidtldr_pl.backbones.create_model``, ``--model``: UMT-B/16 by default,
 ``videomae_b16`` and every other registered name work); only its first mergeable encoder is kept and timed (random
@@ -74,7 +77,9 @@ MSRVTT_R = "600,200,100"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 PATHS = {"explicit": "reference", "fused": "fast", "flex": "flex"}  # attention mode -> row path
 KEY_PREFIX = {"reference": "ref", "fast": "fast", "flex": "flex"}
-METHOD_LABELS = {"none": "none", "tome": "ToMe", "vidtldr": "vid-TLDR", "random": "random"}
+METHOD_LABELS = {"none": "none", "tome": "ToMe", "vidtldr": "vid-TLDR", "random": "random",
+                 "vidtldr_repshift": "vid-TLDR RepShift", "random_drop": "random drop",
+                 "saliency_drop": "saliency drop", "repshift_drop": "RepShift drop"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,10 @@ ROW_SPECS: dict[str, RowSpec] = {
         row_spec("fused", "vidtldr"),
         row_spec("flex", "none"),
         row_spec("flex", "vidtldr"),
+        row_spec("fused", "vidtldr_repshift"),
+        row_spec("fused", "random_drop"),
+        row_spec("fused", "saliency_drop"),
+        row_spec("fused", "repshift_drop"),
     )
 }
 DEFAULT_ROWS = ["ref-none", "ref-vidtldr", "fast-none", "fast-tome", "fast-vidtldr"]
@@ -197,7 +206,7 @@ def video_shape(encoder: MergeableEncoder, batch: int, frames: int) -> tuple[int
 def merge_setting(spec: RowSpec, r: str, saliency_backend: str = "auto", trace_source: bool = False) -> MergeSetting:
     """The row's MergeSetting: its attention mode and method with schedule r ("none": no merging);
     saliency_backend: vid-TLDR's q / k saliency ("auto": the Triton kernels on CUDA, chunked PyTorch elsewhere)."""
-    options = {"saliency_backend": saliency_backend} if spec.method == "vidtldr" else None
+    options = {"saliency_backend": saliency_backend} if spec.method in ("vidtldr", "saliency_drop") else None
     return MergeSetting(method=spec.method, r=None if spec.method == "none" else r, attention=spec.attention,
                         method_options=options, trace_source=trace_source)
 
@@ -344,7 +353,8 @@ def measure_row(encoder: nn.Module, spec: RowSpec, video: Tensor, dtype: str, ar
 
 
 def add_ratios(results: list[RowResult]) -> None:
-    """Speedups: merged rows vs no merging on the same path; fast vid-TLDR also vs reference vid-TLDR."""
+    """Speedups: merged rows vs no merging on the same path; fast vid-TLDR (either saliency) also vs reference
+    vid-TLDR."""
     index = {(r.spec.key, r.frames, r.batch, r.dtype): r for r in results}
 
     def vps(key: str, r: RowResult) -> float | None:
@@ -356,7 +366,7 @@ def add_ratios(results: list[RowResult]) -> None:
             continue
         base = vps({"reference": "ref-none", "fast": "fast-none", "flex": "flex-none"}[r.spec.path], r)
         r.vs_no_merge = r.videos_per_s / base if base else None
-        if r.spec.key in ("fast-vidtldr", "flex-vidtldr"):
+        if r.spec.key in ("fast-vidtldr", "flex-vidtldr", "fast-vidtldr_repshift"):
             ref = vps("ref-vidtldr", r)
             r.vs_ref_vidtldr = r.videos_per_s / ref if ref else None
 
@@ -569,7 +579,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 32])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROW_SPECS),
-                        help="flex-none / flex-vidtldr (FlexAttention, compiled on CUDA) are extra rows")
+                        help="flex-none / flex-vidtldr (FlexAttention, compiled on CUDA) and fast-<method> of the "
+                             "other registered methods (fast-vidtldr_repshift, ...) are extra rows")
     parser.add_argument("--r", default=MSRVTT_R, help="per-block r list (MSRVTT schedule by default)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per row (include compilation)")
@@ -584,7 +595,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="torch CPU threads (default: torch's own; 1 avoids thrashing on a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", type=Path, default=None, help="replace the '## Encoder throughput' section there")
+    parser.add_argument("--section", default=SECTION,
+                        help="the '## ' heading of the section that --write replaces or appends (default: %(default)r)")
     args = parser.parse_args(argv)
+    if not args.section.startswith("## "):
+        parser.error(f"--section must be a '## ' heading, got {args.section!r}")
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
     return args
@@ -626,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> Report:
         for c in report.checks:
             print(f"  {c.describe()}")
     if args.write is not None:
-        write_section(args.write, section_body(report, args, device, argv))
+        write_section(args.write, section_body(report, args, device, argv), heading=args.section)
         print(f"updated {args.write}")
     return report
 

@@ -109,3 +109,29 @@ def test_flex_rows_on_request(bench):
     assert flex.tokens_per_layer == [32, 16, 8, 8] and flex.gflops < rows["flex-none"].gflops
     assert flex.vs_no_merge == pytest.approx(flex.videos_per_s / rows["flex-none"].videos_per_s)
     assert flex.vs_ref_vidtldr == pytest.approx(flex.videos_per_s / rows["ref-vidtldr"].videos_per_s)
+
+
+def test_other_methods_on_request_into_their_own_section(bench, tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Encoder throughput\n\nkept\n")
+    heading = "## Encoder throughput: Representation Shift"
+    rows = ["fast-none", "fast-vidtldr", "fast-vidtldr_repshift", "fast-random_drop", "fast-saliency_drop",
+            "fast-repshift_drop"]
+    argv = ["--model", "umt_tiny", "--frames", "4", "--batch", "1", "--dtype", "fp32", "--iters", "1", "--warmup", "0",
+            "--profile-iters", "1", "--threads", "1", "--device", "cpu", "--rows", *rows, "--write", str(md),
+            "--section", heading]
+    report = bench.main(argv)
+    by_key = {r.spec.key: r for r in report.results}
+    assert list(by_key) == rows and all(r.error is None and r.videos_per_s > 0 for r in by_key.values())
+    for key in rows[1:]:
+        assert by_key[key].tokens_per_layer == [32, 16, 8, 8] and by_key[key].gflops < by_key["fast-none"].gflops
+    # the shift saliency needs no q / k pass: fewer FLOPs than fast vid-TLDR; the drops after the MLP pay it
+    assert by_key["fast-vidtldr_repshift"].gflops < by_key["fast-vidtldr"].gflops
+    assert by_key["fast-repshift_drop"].gflops > by_key["fast-random_drop"].gflops
+    assert by_key["fast-vidtldr_repshift"].vs_ref_vidtldr is None  # no reference row in this run
+    sections = _sections(md.read_text())
+    assert sections["## Encoder throughput"] == "## Encoder throughput\n\nkept\n\n"
+    labels = [row[1] for row in _markdown_rows(sections[heading])]
+    assert labels == ["none", "vid-TLDR", "vid-TLDR RepShift", "random drop", "saliency drop", "RepShift drop"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--section", "Encoder"])
