@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -88,6 +90,7 @@ def test_msrvtt_config_without_checkpoint_or_data_is_a_short_message(tmp_path):
     assert "MODEL_ZOO" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # four train.py runs
 def test_strategy_configs_merge_into_a_task_config():
     from lightning.pytorch.strategies import StrategyRegistry
 

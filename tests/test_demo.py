@@ -14,7 +14,6 @@ from vidtldr_pl.backbones.umt.model import BUILTIN_WEIGHTS, WEIGHTS_DIR, create_
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo_umt.yaml"
-pytestmark = pytest.mark.slow
 
 
 def test_shipped_weights_load_strictly_and_are_small():
@@ -32,6 +31,7 @@ def test_unknown_builtin_weights_name_is_a_clear_error():
         create_umt("umt_demo", checkpoint="builtin:nope")
 
 
+@pytest.mark.slow  # 500 clips generated and evaluated three times (about 80 s on 2 idle cores)
 def test_readme_main_command_evaluates_the_shipped_model(tmp_path):
     """The README's main command on the full 500-clip test split: the three rows come from the run."""
     readme = (ROOT / "README.md").read_text()

@@ -82,6 +82,7 @@ def test_validate_matches_bruteforce():
     assert set(task.trainer.callback_metrics) >= {"itm/txt_r1", "itc/img_MnR", "itm/r_mean"}
 
 
+@pytest.mark.slow  # two validation runs and the brute force (test_validate_matches_bruteforce is the fast one)
 def test_validate_with_token_merging_matches_bruteforce():
     task, dm = _validate([TokenMerging("vidtldr", r=[16, 8])])
     assert task.results["tokens_per_layer"] == [48, 40, 40, 40]
@@ -127,6 +128,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert ddp["results"]["tokens_per_layer"] == single.results["tokens_per_layer"]
 
 
+@pytest.mark.slow  # three validation runs
 def test_offload_fp16_tokens_and_missing_videos():
     task, dm = make_task(k_test=K_TEST), TinyRetrievalData()
     task.offload_dtype = torch.float16

@@ -29,6 +29,7 @@ def interpreted(reference_dir) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # the module fixture runs the kernels in Triton's interpreter (a child process, ~10 s)
 def test_triton_saliency_equals_chunked_path(interpreted):
     assert len(interpreted["cases"]) == 5
     for case in interpreted["cases"]:
@@ -38,18 +39,21 @@ def test_triton_saliency_equals_chunked_path(interpreted):
         assert case["sharpened_abs_err"] <= 1e-5 and case["same_background"], case
 
 
+@pytest.mark.slow
 def test_triton_saliency_is_finite_where_probabilities_underflow(interpreted):
     under = interpreted["underflow"]
     assert under["zero_probs"] > 0 and under["explicit_nan"]  # the official p log p
     assert under["triton_finite"] and under["rel_err"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_encoder_with_triton_saliency_equals_explicit_reference(interpreted):
     enc = interpreted["encoder"]
     assert enc["tokens"] == enc["tokens_ref"] == [44, 34, 26, 26]
     assert enc["same_sources"] and enc["out_abs_err"] < 1e-4 and enc["size_abs_err"] < 1e-5
 
 
+@pytest.mark.slow
 def test_official_block_stacks_through_the_triton_saliency(interpreted):
     """The tolerances of tests/test_official_fixtures.py (x: 4e-5, see BLOCK_X_TOL there; sizes, sources: 1e-5)."""
     assert set(interpreted["fixtures"]) == {"block_B_b2_t196_c96_h12", "block_C_b2_t197_c64_h4_frac",
