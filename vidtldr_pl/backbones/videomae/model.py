@@ -61,6 +61,14 @@ VIDEOMAE_CONFIGS = {
     "videomae_l16": lambda **kw: _preset({"embed_dim": 1024, "depth": 24, "num_heads": 16}, **kw),
     "videomae_tiny": lambda **kw: _preset(
         {"embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 64, "num_frames": 4}, **{"num_classes": 10, **kw}),
+    # the embedded action demo (configs/demo_videomae.yaml): 4 x 6 x 6 = 144 tokens, 12 synthetic action classes
+    "videomae_demo": lambda **kw: _preset(
+        {"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "num_frames": 8}, **{"num_classes": 12, **kw}),
+}
+
+BUILTIN_WEIGHTS = {
+    # preset -> {weights name: file under vidtldr_pl/weights}; README "The action demo" says how they were trained
+    "videomae_demo": {"videomae_demo_synthetic": "videomae_demo_synthetic.safetensors"},
 }
 
 
@@ -173,6 +181,8 @@ def _register() -> None:
         "videomae_b16": "VideoMAE v1 ViT-B/16 classifier (16 frames, tubelet 2, 1568 tokens, no CLS)",
         "videomae_l16": "VideoMAE v1 ViT-L/16 classifier (16 frames, tubelet 2, 1568 tokens, no CLS)",
         "videomae_tiny": "a tiny VideoMAE-style classifier, for tests",
+        "videomae_demo": "the embedded action demo classifier (6 x 192, 8 frames at 96 px, 12 classes); weights "
+                         "builtin:videomae_demo_synthetic",
     }
     for name, preset in VIDEOMAE_CONFIGS.items():
         probe = preset()
@@ -182,10 +192,10 @@ def _register() -> None:
 
         register_model(name, loader=load_videomae_checkpoint, num_frames=probe.vit.num_frames,
                        img_size=probe.vit.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, task="classification",
-                       description=descriptions[name])(build)
+                       builtin_weights=BUILTIN_WEIGHTS.get(name, {}), description=descriptions[name])(build)
 
 
 _register()
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VIDEOMAE_CONFIGS", "VideoMAE", "VideoMAEConfig",
+__all__ = ["BUILTIN_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "VIDEOMAE_CONFIGS", "VideoMAE", "VideoMAEConfig",
            "load_videomae_checkpoint", "to_videomae_layout"]
