@@ -82,7 +82,7 @@ class QAVisionEncoder(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> all tokens (B, N', D)."""
-        return self.encoder(video)
+        return self.encoder(video, self.encoder.new_merge_state())  # the state passed: EncoderStats reads it
 
 
 class PredictionTransform(nn.Module):
