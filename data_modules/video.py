@@ -70,6 +70,7 @@ import copy
 import logging
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -93,7 +94,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SampleType = Literal["middle", "rand"]
+IndexRule = Callable[[int, int, object], Sequence[int]]
+#: ``"middle"`` / ``"rand"`` (UMT's rule), or an :data:`IndexRule` ``rule(num_frames, vlen, rng) -> indices`` (any
+#: number of indices, each in ``[0, vlen)``; a picklable object for DataLoader workers, e.g. data_modules.views).
+SampleType = Union[Literal["middle", "rand"], IndexRule]
 OnCorrupt = Literal["error", "keep_decoded"]
 #: Accepted random sources. ``int`` seeds a new ``random.Random``; ``None`` uses a fresh, OS-seeded one.
 RandomSource = Union[random.Random, np.random.Generator, np.random.RandomState, int, None]
@@ -172,7 +176,8 @@ def get_frame_indices(
     Args:
         num_frames: frames wanted (``T``), >= 1.
         vlen: number of frames in the video, >= 1.
-        sample: ``"middle"`` (deterministic, evaluation) or ``"rand"`` (training).
+        sample: ``"middle"`` (deterministic, evaluation) or ``"rand"`` (training); or an index rule
+            ``rule(num_frames, vlen, rng)`` whose indices are returned as they are (checked to lie in ``[0, vlen)``).
         rng: random source for ``"rand"``. With ``random.Random(s)`` the non-fallback draws equal the official
             code's after ``random.seed(s)``; with ``np.random.RandomState(t)`` the fallback equals the
             official one after ``np.random.seed(t)``. ``np.random.Generator`` is also accepted. ``None``:
@@ -185,6 +190,11 @@ def get_frame_indices(
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if vlen < 1:
         raise ValueError(f"vlen must be >= 1, got {vlen}")
+    if callable(sample):  # a custom rule: its indices as they are, checked
+        indices = [int(i) for i in sample(num_frames, vlen, _resolve_rng(rng))]
+        if not indices or min(indices) < 0 or max(indices) >= vlen:
+            raise ValueError(f"index rule {sample!r} gave indices outside [0, {vlen}): {indices[:8]}...")
+        return indices
     if sample not in ("rand", "middle"):
         raise ValueError(f"sample must be 'rand' or 'middle', got {sample!r}")
 
@@ -489,9 +499,9 @@ def decode_frames(
         raise ValueError(f"on_corrupt must be 'error' or 'keep_decoded', got {on_corrupt!r}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if sample not in ("rand", "middle"):
-        raise ValueError(f"sample must be 'rand' or 'middle', got {sample!r}")
-    gen = _resolve_rng(rng) if sample == "rand" else None
+    if not callable(sample) and sample not in ("rand", "middle"):
+        raise ValueError(f"sample must be 'rand', 'middle' or an index rule, got {sample!r}")
+    gen = _resolve_rng(rng) if callable(sample) or sample == "rand" else None
 
     scan = _scan(
         path,

@@ -97,30 +97,34 @@ TABLE_COLUMNS = (
     ("t2v R@1", "itm/img_r1"), ("t2v R@5", "itm/img_r5"), ("t2v R@10", "itm/img_r10"), ("t2v MdR", "itm/img_MdR"),
     ("v2t R@1", "itm/txt_r1"), ("v2t R@5", "itm/txt_r5"), ("v2t R@10", "itm/txt_r10"), ("v2t MdR", "itm/txt_MdR"),
 )
+CLASSIFICATION_COLUMNS = (("top-1", "top1"), ("top-5", "top5"))
 
 
 def results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
-    """The rows as a rich table. Retrieval rows: ITM re-ranked metrics both ways, GFLOPs (and ratio to the first
-    row), tokens per layer, videos/s. Other tasks: every number they logged."""
+    """The rows as a rich table. Retrieval rows: ITM re-ranked metrics both ways; classification rows: top-1 / top-5;
+    both then GFLOPs (and the ratio to the first row), tokens per layer and throughput (per video for retrieval, per
+    view for classification, where one video is several views). Other tasks: every number they logged."""
     table = Table(title=title)
     table.add_column("method", justify="left")
-    retrieval = bool(rows) and all(key in rows[0] for _, key in TABLE_COLUMNS)
-    if retrieval:
-        columns = list(TABLE_COLUMNS)
+    known = next((cols for cols in (TABLE_COLUMNS, CLASSIFICATION_COLUMNS)
+                  if rows and all(key in rows[0] for _, key in cols)), None)
+    if known:
+        columns = list(known)
     else:
         skip = {"name", "method", "r", "layers"}
         columns = [(k, k) for k in dict.fromkeys(k for row in rows for k, v in row.items()
                                                  if k not in skip and isinstance(v, (int, float)))]
     for header, _ in columns:
         table.add_column(header, justify="right")
-    extra = ("GFLOPs", "tokens per layer", "videos/s") if retrieval else ()
-    for header in extra:
+    per_view = known is CLASSIFICATION_COLUMNS
+    extra = (("GFLOPs/view" if per_view else "GFLOPs"), "tokens per layer", ("views/s" if per_view else "videos/s"))
+    for header in extra if known else ():
         table.add_column(header, justify="left" if header == "tokens per layer" else "right")
     base = rows[0].get("gflops") if rows else None
     for row in rows:
         cells = [row["name"]]
         cells += [_fmt(row.get(key), 1 if "MdR" in key else 2) for _, key in columns]
-        if retrieval:
+        if known:
             gflops = row.get("gflops")
             ratio = f" ({base / gflops:.2f}x)" if gflops and base and row is not rows[0] else ""
             cells.append(f"{gflops:.2f}{ratio}" if gflops is not None else "-")
@@ -161,4 +165,5 @@ def print_results(rows: list[dict[str, Any]], title: str = "", console: Console 
     console.print(table)
 
 
-__all__ = ["MergeRun", "MergeSetting", "evaluate_runs", "results_table", "write_results", "print_results", "use_merging"]
+__all__ = ["CLASSIFICATION_COLUMNS", "MergeRun", "MergeSetting", "evaluate_runs", "results_table", "write_results",
+           "print_results", "use_merging"]

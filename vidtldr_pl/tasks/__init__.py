@@ -1,4 +1,6 @@
-"""Lightning tasks: UMT video-text retrieval evaluation (official ITC + ITM re-ranking protocol)."""
+"""Lightning tasks: UMT video-text retrieval (official ITC + ITM re-ranking) and video classification (VideoMAE's
+multi-view protocol)."""
+from .classification import ClassificationTask
 from .retrieval import RetrievalEvalData, RetrievalTask, rerank_scores
 
-__all__ = ["RetrievalEvalData", "RetrievalTask", "rerank_scores"]
+__all__ = ["ClassificationTask", "RetrievalEvalData", "RetrievalTask", "rerank_scores"]
