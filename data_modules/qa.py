@@ -1,0 +1,410 @@
+"""LightningDataModules for video QA (MSRVTT-QA, MSVD-QA, ActivityNet-QA) and MSRVTT-MC, UMT / VINDLU JSON.
+
+QA files: a JSON list of ``{"video", "question", "answer" (str; training: str or list), "question_id"}`` (optional
+``"type"`` for per-type accuracy) and an answer-list file (JSON list of strings). Questions are cleaned by the
+official ``pre_text`` and tokenized to ``max_q_len`` (25); answers are ``answer + " [SEP]"`` tokenized to
+``max_a_len`` (5).
+
+QA batches: ``{"video": (B, T, 3, H, W), "input_ids" / "attention_mask": (B, Lq), "index": (B,)}``; training adds
+``answer_ids`` / ``answer_mask`` (A, La), ``answer_counts`` (B,), ``answer_weights`` (A,) (a question with several
+answers: one row per distinct answer, weight = its share, as official).
+
+MC files: ``{"video", "caption": [5 str], "answer": int}``; batches ``{"video", "input_ids" / "attention_mask":
+(B, 5, L), "answer": (B,), "index": (B,)}``.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from vidtldr_pl.backbones.umt.qa import answer_texts
+from vidtldr_pl.text import BertWordPieceTokenizer, clean_caption
+
+from .annotations import AnnotationError
+from .retrieval import RetrievalVideoDataset, epoch_length, trained_position
+from .sampling import ResumableDataLoader, ResumableSampler
+from .transforms import VideoTestTransform, VideoTrainTransform
+from .video import VideoDecoder
+
+
+def _read_json_list(path: str | Path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(raw, list) or not raw:
+        raise AnnotationError(f"{path}: expected a non-empty JSON list, got {type(raw).__name__}")
+    return raw
+
+
+def read_answer_list(path: str | Path) -> list[str]:
+    """The answer-list file: a JSON list of strings."""
+    raw = _read_json_list(path)
+    bad = next((i for i, a in enumerate(raw) if not isinstance(a, str)), None)
+    if bad is not None:
+        raise AnnotationError(f"{path}: answer list entry {bad} is {raw[bad]!r:.60}, expected a string")
+    return raw
+
+
+def read_qa_annotations(path: str | Path, train: bool = False) -> list[dict[str, Any]]:
+    """QA entries, checked: ``video``, ``question`` strings; ``answer`` a string (training: or a non-empty list of
+    strings); ``question_id`` required for evaluation (training entries without one get their position)."""
+    out = []
+    for i, raw in enumerate(_read_json_list(path)):
+        if not isinstance(raw, dict):
+            raise AnnotationError(f"{path}: entry {i} is a {type(raw).__name__}, expected an object")
+        for key in ("video", "question", "answer") + (() if train else ("question_id",)):
+            if key not in raw:
+                raise AnnotationError(f"{path}: entry {i} has no {key!r} key (keys: {sorted(raw)})")
+        for key in ("video", "question"):
+            if not isinstance(raw[key], str):
+                raise AnnotationError(f"{path}: entry {i} key {key!r} must be a string, got {raw[key]!r:.60}")
+        answer = raw["answer"]
+        ok = isinstance(answer, str) or (train and isinstance(answer, list) and answer
+                                         and all(isinstance(a, str) for a in answer))
+        if not ok:
+            kind = "a string or a non-empty list of strings" if train else "a string"
+            raise AnnotationError(f"{path}: entry {i} key 'answer' must be {kind}, got {answer!r:.60}")
+        out.append({**raw, "question_id": raw.get("question_id", i)})
+    return out
+
+
+def answer_weights(answer: str | list[str]) -> tuple[list[str], list[float]]:
+    """Distinct answers of a question and their weights (share of the annotators' answers), as official."""
+    answers = [answer] if isinstance(answer, str) else list(answer)
+    counts = Counter(answers)
+    return list(counts), [c / len(answers) for c in counts.values()]
+
+
+class QADataset(RetrievalVideoDataset):
+    """Question i: {"video", "question" (cleaned), "index", "answers", "weights"} (None when its video is skipped)."""
+
+    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform, train: bool) -> None:
+        super().__init__([str(Path(video_root) / a["video"]) for a in anns], decoder, transform, train)
+        self.anns = anns
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        video = self.load(i, seed)
+        if video is None:
+            return None
+        answers, weights = answer_weights(self.anns[i]["answer"])
+        return {"video": video, "question": clean_caption(self.anns[i]["question"]), "index": i,
+                "answers": answers, "weights": weights}
+
+
+class VideoQADataModule(pl.LightningDataModule):
+    """Any video QA set in the UMT / VINDLU JSON layout.
+
+    Args:
+        test_annotation / val_annotation (falls back to test) / train_annotation: QA JSON files.
+        answer_list: the answer-list JSON file (candidates ranked at evaluation).
+        video_root: folder of the ``video`` paths. tokenizer: vocab directory or hub name (bert-base-uncased /
+            bert-large-uncased). tokenizer_flavor: "umt" (official) or "hf".
+        max_q_len / max_a_len: question / answer tokens (official 25 / 5).
+        num_frames / img_size / sample_test / sample_train: official 12, 224, "middle", "rand".
+        batch_size / eval_batch_size / num_workers / skip_errors / seed / train_crop_scale / train_flip_p: as the
+            retrieval DataModule.
+    """
+
+    def __init__(
+        self,
+        test_annotation: str,
+        answer_list: str,
+        video_root: str,
+        val_annotation: str | None = None,
+        train_annotation: str | None = None,
+        tokenizer: str = "bert-base-uncased",
+        tokenizer_flavor: str = "umt",
+        max_q_len: int = 25,
+        max_a_len: int = 5,
+        num_frames: int = 12,
+        img_size: int = 224,
+        sample_test: str = "middle",
+        sample_train: str = "rand",
+        batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 4,
+        skip_errors: bool = False,
+        seed: int = 0,
+        train_crop_scale: tuple[float, float] = (0.5, 1.0),
+        train_flip_p: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self._anns: dict[str, list[dict]] = {}
+        self._answer_list: list[str] | None = None
+        self._tokenizer: BertWordPieceTokenizer | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _annotation(self, stage: str) -> str | None:
+        h = self.hparams
+        return {"fit": h.train_annotation, "validate": h.val_annotation or h.test_annotation,
+                "test": h.test_annotation}[stage]
+
+    def describe_source(self) -> str:
+        return "point video_root / *_annotation / answer_list at your copy of the data"
+
+    def check_paths(self, stages: tuple[str, ...]) -> None:
+        """Fail early with one short line when data is missing."""
+        h = self.hparams
+        if not Path(h.video_root).is_dir():
+            raise FileNotFoundError(f"video root not found: {h.video_root} ({self.describe_source()})")
+        files = [self._annotation(s) for s in stages] + [h.answer_list]
+        for f in files:
+            if f is not None and not Path(f).is_file():
+                raise FileNotFoundError(f"annotation file not found: {f} ({self.describe_source()})")
+
+    def setup(self, stage: str) -> None:
+        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("test",), "predict": ("test",)}[stage]
+        self.check_paths(stages)
+
+    @property
+    def tokenizer(self) -> BertWordPieceTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer,
+                                                                     flavor=self.hparams.tokenizer_flavor)
+        return self._tokenizer
+
+    def annotations(self, stage: str) -> list[dict]:
+        key = "validate" if stage in ("validate", "val") else stage
+        if key not in self._anns:
+            path = self._annotation(key)
+            if path is None:
+                raise ValueError(f"no annotation file configured for stage {key!r}")
+            self._anns[key] = read_qa_annotations(path, train=key == "fit")
+        return self._anns[key]
+
+    # ------------------------------------------------------------------ QAEvalData
+    @property
+    def answer_list(self) -> list[str]:
+        if self._answer_list is None:
+            self._answer_list = read_answer_list(self.hparams.answer_list)
+        return self._answer_list
+
+    def answer_tokens(self) -> dict[str, torch.Tensor]:
+        """The answer list tokenized as official: ``answer [SEP]``, (A, max_a_len)."""
+        return self.tokenizer(answer_texts(self.answer_list), max_length=self.hparams.max_a_len)
+
+    def _eval_stage(self) -> str:
+        trainer = getattr(self, "trainer", None)
+        return "test" if trainer is not None and trainer.testing else "validate"
+
+    def eval_annotations(self, stage: str | None = None) -> list[dict]:
+        return self.annotations(stage or self._eval_stage())
+
+    # ------------------------------------------------------------------ loaders
+    def collate(self, items: list[dict | None]) -> dict | None:
+        items = [it for it in items if it is not None]
+        if not items:
+            return None
+        h = self.hparams
+        q = self.tokenizer([it["question"] for it in items], max_length=h.max_q_len)
+        answers = [a for it in items for a in it["answers"]]
+        a = self.tokenizer(answer_texts(answers), max_length=h.max_a_len)
+        return {"video": torch.stack([it["video"] for it in items]), "input_ids": q["input_ids"],
+                "attention_mask": q["attention_mask"], "index": torch.tensor([it["index"] for it in items]),
+                "answer_ids": a["input_ids"], "answer_mask": a["attention_mask"],
+                "answer_counts": torch.tensor([len(it["answers"]) for it in items]),
+                "answer_weights": torch.tensor([w for it in items for w in it["weights"]])}
+
+    def _decoder(self, train: bool) -> VideoDecoder:
+        h = self.hparams
+        return VideoDecoder(num_frames=h.num_frames, sample=h.sample_train if train else h.sample_test,
+                            skip_errors=h.skip_errors)
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        dataset = QADataset(self.annotations(stage), self.hparams.video_root, self._decoder(False),
+                            VideoTestTransform(self.hparams.img_size), train=False)
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers,
+                          collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled questions; order and per-sample randomness fixed by (seed, epoch, index) (exact resume)."""
+        h = self.hparams
+        transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
+        dataset = QADataset(self.annotations("fit"), h.video_root, self._decoder(True), transform, train=True)
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=h.seed, drop_last=True)
+        if trainer is not None:
+            epoch_len = epoch_length(trainer, len(sampler) // h.batch_size)
+
+            def position() -> tuple[int, int]:
+                epoch, done = trained_position(trainer, epoch_len)
+                return epoch, done * h.batch_size
+
+            sampler.position = position
+        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=True,
+                                   num_workers=h.num_workers, collate_fn=self.collate,
+                                   persistent_workers=h.num_workers > 0)
+
+
+# (test stem, val stem or None, train stem, answer-list stem); file names of the UMT / VINDLU releases
+QA_PRESETS = {
+    "msrvtt_qa": ("msrvtt_qa_test", "msrvtt_qa_val", "msrvtt_qa_train", "msrvtt_qa_answer_list"),
+    "msvd_qa": ("msvd_qa_test", None, "msvd_qa_train", "msvd_qa_answer_list"),  # official val entry commented out
+    "anet_qa": ("anet_qa_test", "anet_qa_val", "anet_qa_train", "anet_qa_answer_list"),
+}
+
+
+class PresetQADataModule(VideoQADataModule):
+    """A QA benchmark in the UMT layout: <data_root>/<anno_dir>/<stem>.json and videos under <data_root>/<video_dir>.
+
+    Args: data_root, anno_dir, video_dir; explicit file arguments override the preset; **kwargs as VideoQADataModule.
+    """
+
+    preset = "msrvtt_qa"
+    title = "MSRVTT-QA"
+
+    def __init__(self, data_root: str, anno_dir: str = "anno_downstream", video_dir: str = "videos",
+                 test_annotation: str | None = None, val_annotation: str | None = None,
+                 train_annotation: str | None = None, answer_list: str | None = None, video_root: str | None = None,
+                 **kwargs: Any) -> None:
+        test, val, train, answers = QA_PRESETS[self.preset]
+        anno = Path(data_root) / anno_dir
+        super().__init__(
+            test_annotation=test_annotation or str(anno / f"{test}.json"),
+            val_annotation=val_annotation or (str(anno / f"{val}.json") if val else None),
+            train_annotation=train_annotation or str(anno / f"{train}.json"),
+            answer_list=answer_list or str(anno / f"{answers}.json"),
+            video_root=video_root or str(Path(data_root) / video_dir), **kwargs)
+
+    def describe_source(self) -> str:
+        test, _, _, answers = QA_PRESETS[self.preset]
+        return (f"{self.title}: put the videos under <data_root>/videos and the UMT / VINDLU files ({test}.json, "
+                f"{answers}.json, ...) under <data_root>/anno_downstream")
+
+
+class MSRVTTQADataModule(PresetQADataModule):
+    preset, title = "msrvtt_qa", "MSRVTT-QA"
+
+
+class MSVDQADataModule(PresetQADataModule):
+    preset, title = "msvd_qa", "MSVD-QA"
+
+
+class ActivityNetQADataModule(PresetQADataModule):
+    preset, title = "anet_qa", "ActivityNet-QA"
+
+
+# ---------------------------------------------------------------------- multiple choice
+def read_mc_annotations(path: str | Path, num_options: int = 5) -> list[dict[str, Any]]:
+    """MC entries: ``video`` string, ``caption`` a list of ``num_options`` strings, ``answer`` an int index."""
+    out = []
+    for i, raw in enumerate(_read_json_list(path)):
+        if not isinstance(raw, dict) or not {"video", "caption", "answer"} <= set(raw):
+            raise AnnotationError(f"{path}: entry {i} needs 'video', 'caption' and 'answer' keys")
+        caps = raw["caption"]
+        if not (isinstance(caps, list) and len(caps) == num_options and all(isinstance(c, str) for c in caps)):
+            raise AnnotationError(f"{path}: entry {i} key 'caption' must be a list of {num_options} strings")
+        if not (isinstance(raw["answer"], int) and 0 <= raw["answer"] < num_options):
+            raise AnnotationError(f"{path}: entry {i} key 'answer' must be an int in [0, {num_options}), "
+                                  f"got {raw['answer']!r:.40}")
+        out.append(raw)
+    return out
+
+
+class MCDataset(RetrievalVideoDataset):
+    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform) -> None:
+        super().__init__([str(Path(video_root) / a["video"]) for a in anns], decoder, transform, False)
+        self.anns = anns
+
+    def __getitem__(self, i: int) -> dict | None:
+        video = self.load(i)
+        if video is None:
+            return None
+        return {"video": video, "captions": [clean_caption(c) for c in self.anns[i]["caption"]], "index": i,
+                "answer": self.anns[i]["answer"]}
+
+
+class MultipleChoiceDataModule(pl.LightningDataModule):
+    """Video multiple choice (MSRVTT-MC layout): evaluation only.
+
+    Args: test_annotation (MC JSON), video_root, tokenizer / tokenizer_flavor, max_txt_len (official 32),
+    num_options (5), num_frames / img_size / sample_test, eval_batch_size, num_workers, skip_errors.
+    """
+
+    def __init__(self, test_annotation: str, video_root: str, tokenizer: str = "bert-base-uncased",
+                 tokenizer_flavor: str = "umt", max_txt_len: int = 32, num_options: int = 5, num_frames: int = 12,
+                 img_size: int = 224, sample_test: str = "middle", eval_batch_size: int = 32, num_workers: int = 4,
+                 skip_errors: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self._anns: list[dict] | None = None
+        self._tokenizer: BertWordPieceTokenizer | None = None
+
+    def describe_source(self) -> str:
+        return "point video_root / test_annotation at your copy of the data"
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        if not Path(h.video_root).is_dir():
+            raise FileNotFoundError(f"video root not found: {h.video_root} ({self.describe_source()})")
+        if not Path(h.test_annotation).is_file():
+            raise FileNotFoundError(f"annotation file not found: {h.test_annotation} ({self.describe_source()})")
+
+    @property
+    def tokenizer(self) -> BertWordPieceTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer,
+                                                                     flavor=self.hparams.tokenizer_flavor)
+        return self._tokenizer
+
+    def eval_annotations(self, stage: str | None = None) -> list[dict]:
+        if self._anns is None:
+            self._anns = read_mc_annotations(self.hparams.test_annotation, self.hparams.num_options)
+        return self._anns
+
+    def collate(self, items: list[dict | None]) -> dict | None:
+        items = [it for it in items if it is not None]
+        if not items:
+            return None
+        k = self.hparams.num_options
+        t = self.tokenizer([c for it in items for c in it["captions"]], max_length=self.hparams.max_txt_len)
+        return {"video": torch.stack([it["video"] for it in items]),
+                "input_ids": t["input_ids"].view(len(items), k, -1),
+                "attention_mask": t["attention_mask"].view(len(items), k, -1),
+                "answer": torch.tensor([it["answer"] for it in items]),
+                "index": torch.tensor([it["index"] for it in items])}
+
+    def _loader(self) -> DataLoader:
+        h = self.hparams
+        dataset = MCDataset(self.eval_annotations(), h.video_root,
+                            VideoDecoder(num_frames=h.num_frames, sample=h.sample_test, skip_errors=h.skip_errors),
+                            VideoTestTransform(h.img_size))
+        return DataLoader(dataset, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+class MSRVTTMCDataModule(MultipleChoiceDataModule):
+    """MSRVTT-MC: <data_root>/<anno_dir>/msrvtt_mc_test.json, videos under <data_root>/<video_dir>."""
+
+    def __init__(self, data_root: str, anno_dir: str = "anno_downstream", video_dir: str = "videos",
+                 test_annotation: str | None = None, video_root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(test_annotation=test_annotation or str(Path(data_root) / anno_dir / "msrvtt_mc_test.json"),
+                         video_root=video_root or str(Path(data_root) / video_dir), **kwargs)
+
+    def describe_source(self) -> str:
+        return ("MSRVTT-MC: put the videos under <data_root>/videos and msrvtt_mc_test.json (UMT / VINDLU release) "
+                "under <data_root>/anno_downstream")
