@@ -293,7 +293,8 @@ class VideoClassificationDataModule(pl.LightningDataModule):
             spec = self.annotation(stage)
             if spec is None:
                 if stage == "fit":
-                    raise ValueError(f"no training annotation configured ({self.describe_source()})")
+                    raise FileNotFoundError(f"{self.title}: no training annotation configured (set train; "
+                                            f"{self.describe_source()})")
                 continue
             if not Path(spec).exists():
                 raise FileNotFoundError(f"{self.title} {_stage(stage)} annotation not found: {spec} ({self.describe_source()})")
@@ -339,8 +340,9 @@ class VideoClassificationDataModule(pl.LightningDataModule):
         return DataLoader(self.dataset(stage), batch_size=self.hparams.eval_batch_size,
                           num_workers=self.hparams.num_workers, collate_fn=collate_skipping)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("validate")
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation views; none (no validation) when neither val nor test is configured."""
+        return self._eval_loader("validate") if self.annotation("validate") is not None else []
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")

@@ -286,7 +286,11 @@ def test_evaluate_k400_config_without_checkpoint_or_data(tmp_path):
     assert errors == [errors[0]] and "Traceback" not in out.stderr
     assert errors[0].startswith("error: checkpoint file not found: checkpoints/videomae_b16_k400_ft.pth")
     assert "VideoMAE" in errors[0] and "MODEL_ZOO" in errors[0]
-    # a checkpoint-free model, and still no data: the missing list is named
+
+
+@pytest.mark.slow
+def test_evaluate_k400_config_without_data(tmp_path):
+    """A checkpoint-free model, and still no data: the missing list is named."""
     out = _evaluate(tmp_path, "--model.init_args.model=videomae_tiny", "--model.init_args.checkpoint=null",
                     f"--data.init_args.data_root={tmp_path / 'k400'}", "--trainer.accelerator=cpu",
                     "--trainer.precision=32")

@@ -268,7 +268,11 @@ class ClassificationTask(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over layer-wise decayed groups; per-step warm-up + cosine (VideoMAE's schedule)."""
         h = self.hparams
-        groups = layer_decay_groups(self, find_mergeable(self.model)[0], h.weight_decay, h.layer_decay)
+        encoders = find_mergeable(self.model)
+        if not encoders:
+            raise ValueError("layer-wise lr decay needs the model's ViT encoder (a mergeable encoder with blocks); "
+                             f"{type(self.model).__name__} has none")
+        groups = layer_decay_groups(self, encoders[0], h.weight_decay, h.layer_decay)
         for group in groups:
             group["lr"] = h.lr * group["lr_scale"]
         optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
