@@ -9,7 +9,7 @@
 
 Answers are not generated: :meth:`UMTQA.rank_answers` ranks a fixed answer list exactly as the official
 ``rank_answer`` (top k by first-token probability, re-scored by the summed sequence NLL, the first token counted twice,
-softmax over the k). Presets ``umt_qa_b16``, ``umt_qa_l16``, ``umt_qa_tiny`` (registry task "qa").
+softmax over the k). Presets ``umt_qa_b16``, ``umt_qa_l16``, ``umt_qa_tiny``, ``umt_qa_demo`` (registry task "qa").
 """
 from __future__ import annotations
 
@@ -68,7 +68,16 @@ def _tiny(**kw: Any) -> UMTQAConfig:
     return UMTQAConfig(vision, text)
 
 
-QA_CONFIGS = {"umt_qa_b16": _b16, "umt_qa_l16": _l16, "umt_qa_tiny": _tiny}
+def _demo(**kw: Any) -> UMTQAConfig:
+    """The demo size (configs/demo_qa_umt.yaml): umt_demo's encoders (6 x 192, 8 frames at 96 px; 2 text + 2 fusion
+    layers over a 64-word vocabulary), a 2-layer answer decoder."""
+    vision = VisionConfig(**{"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "num_frames": 8, **kw})
+    text = TextEncoderConfig(vocab_size=64, hidden_size=192, num_layers=4, num_heads=3, intermediate_size=768,
+                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    return UMTQAConfig(vision, text)
+
+
+QA_CONFIGS = {"umt_qa_b16": _b16, "umt_qa_l16": _l16, "umt_qa_tiny": _tiny, "umt_qa_demo": _demo}
 
 
 class QAVisionEncoder(nn.Module):
@@ -238,11 +247,12 @@ def load_umt_qa_checkpoint(model: nn.Module, path: str, strict: bool = True) -> 
     return report
 
 
-_PRESET_INPUT = {"umt_qa_b16": (12, 224), "umt_qa_l16": (12, 224), "umt_qa_tiny": (4, 64)}
+_PRESET_INPUT = {"umt_qa_b16": (12, 224), "umt_qa_l16": (12, 224), "umt_qa_tiny": (4, 64), "umt_qa_demo": (8, 96)}
 _DESCRIPTIONS = {
     "umt_qa_b16": "UMT-QA ViT-B/16 (all video tokens, BERT-base question encoder, 3-layer answer decoder)",
     "umt_qa_l16": "UMT-QA ViT-L/16 (all video tokens, BERT-large question encoder, 5-layer answer decoder)",
     "umt_qa_tiny": "a tiny UMT-QA with the same classes, for tests",
+    "umt_qa_demo": "the demo-size UMT-QA for the synthetic QA benchmark (configs/demo_qa_umt.yaml); no weights shipped",
 }
 
 
