@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from classification_data import IMG, make_datamodule, one_thread, write_list, write_videos
 
 from data_modules.annotations import AnnotationError
-from data_modules.class_annotations import read_class_names, read_space_list, read_table
+from data_modules.class_annotations import read_class_names, read_table
 from data_modules.classification import (
     HMDB51DataModule,
     KineticsDataModule,
