@@ -142,3 +142,32 @@ def test_evaluate_without_data_or_checkpoint_stops_with_one_line(tmp_path, overr
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert ("checkpoint file not found" if not override else "video root not found") in errors[0]
+
+
+@pytest.mark.slow
+def test_train_py_fine_tunes_qa_with_merging(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("""seed_everything: 0
+model:
+  class_path: vidtldr_pl.tasks.qa.QATask
+  init_args: {model: umt_qa_tiny, k_test: 5, lr: 1.0e-3, warmup_epochs: 0}
+data:
+  class_path: data_modules.synthetic_qa.SyntheticQADataModule
+  init_args: {cache_dir: cache, seed: 1, num_train: 4, num_val: 2, num_test: 2, clip_frames: 8, clip_size: 48,
+              num_frames: 4, img_size: 64, batch_size: 4, eval_batch_size: 4, num_workers: 0}
+trainer:
+  accelerator: cpu
+  max_epochs: 1
+  logger: false
+  enable_progress_bar: false
+  default_root_dir: out
+  callbacks:
+    - class_path: vidtldr_pl.callbacks.TokenMerging
+      init_args: {method: vidtldr, r: [8, 8]}
+""")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(cfg)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "model.text_decoder.cls.predictions.bias" in ckpt["state_dict"] and ckpt["global_step"] == 5

@@ -1,5 +1,6 @@
 """UMT-QA: official key layout, strict loading, answer ranking (official rank_answer) and the training loss."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -196,3 +197,45 @@ def test_merging_reduces_the_video_tokens_the_question_reads(tokenizer):
     assert tokens.shape == (1, 48, 64)
     q = tokenizer(["what is the man doing"], max_length=25)
     assert model.encode_question(tokens, q["input_ids"], q["attention_mask"]).shape == (1, 25, 64)
+
+
+def test_fine_tuning_start_from_a_umt_pretraining_file(tmp_path):
+    """Official setup_model when training: text encoder whole ("bert." removed), decoder = the encoder's embeddings,
+    its fusion layers renumbered from 0 and the MLM head; retrieval-only heads dropped and reported."""
+    from vidtldr_pl.backbones.umt.qa import init_qa_from_umt
+    from vidtldr_pl.tasks.qa import QATask
+
+    umt = create_model("umt_tiny")
+    head = create_model("umt_qa_tiny").text_decoder.cls.state_dict()
+    state = {}
+    for k, v in umt.state_dict().items():
+        state[k.replace("text_encoder.", "text_encoder.bert.") if k.startswith("text_encoder.") else k] = v
+    state.update({f"text_encoder.cls.{k}": v + 1.0 for k, v in head.items() if k != "predictions.decoder.weight"})
+    state["text_encoder.cls.predictions.decoder.weight"] = state["text_encoder.bert.embeddings.word_embeddings.weight"]
+    state["clip_teacher.x"] = torch.zeros(1)
+    path = tmp_path / "b16_25m_tiny.pth"
+    torch.save({"model": state}, path)
+    qa = create_model("umt_qa_tiny")
+    report = init_qa_from_umt(qa, str(path))
+    assert report.ok and {"vision_proj.weight", "itm_head.weight", "temp", "clip_teacher.x",
+                          "vision_encoder.pool_norm.weight"} <= set(report.ignored)
+    own, src = qa.state_dict(), umt.state_dict()
+    assert torch.equal(own["vision_encoder.encoder.blocks.0.attn.qkv.weight"],
+                       src["vision_encoder.encoder.blocks.0.attn.qkv.weight"])
+    assert torch.equal(own["text_encoder.encoder.layer.3.crossattention.self.key.weight"],
+                       src["text_encoder.encoder.layer.3.crossattention.self.key.weight"])
+    for dec, enc in ((0, 2), (1, 3)):
+        assert torch.equal(own[f"text_decoder.bert.encoder.layer.{dec}.crossattention.self.query.weight"],
+                           src[f"text_encoder.encoder.layer.{enc}.crossattention.self.query.weight"])
+    assert torch.equal(own["text_decoder.bert.embeddings.word_embeddings.weight"],
+                       src["text_encoder.embeddings.word_embeddings.weight"])
+    assert torch.equal(own["text_decoder.cls.predictions.bias"], head["predictions.bias"] + 1.0)
+    # a retrieval file (no "bert.", no MLM head) loads too; only the LM head stays as initialised
+    retrieval = tmp_path / "msrvtt_ret_tiny.pth"
+    torch.save(umt.state_dict(), retrieval)
+    task = QATask(model="umt_qa_tiny", pretrained=str(retrieval))
+    assert torch.equal(task.model.state_dict()["text_decoder.bert.encoder.layer.0.output.dense.weight"],
+                       src["text_encoder.encoder.layer.2.output.dense.weight"])
+    three = UMTQA(replace(QA_CONFIGS["umt_qa_tiny"](), decoder_layers=3))  # more decoder layers than fusion layers
+    with pytest.raises(CheckpointError, match="text_decoder.bert.encoder.layer.2"):
+        init_qa_from_umt(three, str(retrieval))

@@ -82,6 +82,8 @@ class QATask(pl.LightningModule):
     Args:
         model: a registered QA model name ("umt_qa_b16", "umt_qa_l16", ...; ``list_models(task="qa")``) or a UMTQA.
         checkpoint: official QA file (.pth / .safetensors) for a model name; None.
+        pretrained: start fine-tuning from a UMT pretraining / retrieval file instead (official: the text encoder
+            whole, the answer decoder from the encoder's embeddings, fusion layers and MLM head; ``init_qa_from_umt``).
         k_test: answers re-scored per question (official 128).
         vision_overrides: config fields of the named model (num_frames, drop_path_rate, ...).
         predictions_path: write the predictions of each evaluation (rank 0) as JSON:
@@ -98,6 +100,7 @@ class QATask(pl.LightningModule):
         self,
         model: str | nn.Module = "umt_qa_b16",
         checkpoint: str | None = None,
+        pretrained: str | None = None,
         k_test: int = 128,
         vision_overrides: dict | None = None,
         predictions_path: str | None = None,
@@ -112,11 +115,19 @@ class QATask(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, nn.Module):
-            if checkpoint is not None or vision_overrides:
-                raise ValueError("checkpoint / vision_overrides apply to a model name; load a model object yourself")
+            if checkpoint is not None or pretrained is not None or vision_overrides:
+                raise ValueError("checkpoint / pretrained / vision_overrides apply to a model name; load a model "
+                                 "object yourself")
             self.model = model
         else:
+            if checkpoint is not None and pretrained is not None:
+                raise ValueError("pass checkpoint (a QA file) or pretrained (a UMT file to fine-tune from), not both")
             self.model = create_model(model, checkpoint=checkpoint, **(vision_overrides or {}))
+            if pretrained is not None:
+                from ..backbones.registry import resolve_checkpoint
+                from ..backbones.umt.qa import init_qa_from_umt
+
+                init_qa_from_umt(self.model, resolve_checkpoint(pretrained))
         self.k_test = k_test
         self.results: dict[str, Any] = {}
         self.predictions: dict[Any, str] = {}

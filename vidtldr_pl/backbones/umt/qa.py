@@ -27,7 +27,7 @@ from .text import MASK_VALUE, TextEncoderConfig, UMTTextEncoder, extended_attent
 from .vision import VisionConfig
 
 __all__ = ["AnswerDecoder", "QA_CONFIGS", "QAVisionEncoder", "UMTQA", "UMTQAConfig", "answer_texts",
-           "load_umt_qa_checkpoint", "rerank_topk"]
+           "init_qa_from_umt", "load_umt_qa_checkpoint", "qa_state_from_umt", "rerank_topk"]
 
 # Keys of official QA files the model has no use for (saved with the frozen CLIP teacher): dropped and reported.
 QA_IGNORED_PREFIXES = ("clip_teacher.",)
@@ -244,6 +244,61 @@ def load_umt_qa_checkpoint(model: nn.Module, path: str, strict: bool = True) -> 
     state = {k: v for k, v in state.items() if not k.startswith(QA_IGNORED_PREFIXES)}
     report = load_state_into(model, state, str(path), strict)
     report.ignored = ignored
+    return report
+
+
+# Keys of a UMT pretraining / retrieval file that a QA model has no use for (dropped and reported).
+PRETRAIN_IGNORED_PREFIXES = ("clip_teacher.", "vision_encoder.clip_decoder.", "vision_encoder.pool_norm.",
+                             "vision_proj.", "text_proj.", "itm_head.", "temp")
+
+
+def qa_state_from_umt(state: dict[str, Tensor], fusion_layer: int) -> tuple[dict[str, Tensor], list[str]]:
+    """The official fine-tuning start of UMT-QA from a UMT pretraining (``text_encoder.bert.*`` + MLM head
+    ``text_encoder.cls.*``) or retrieval (``text_encoder.*``) file, as ``shared_utils.setup_model`` does when training:
+    the text encoder keeps every layer ("bert." removed); the decoder gets the encoder's embeddings, its layers
+    ``fusion_layer..`` renumbered from 0, and the MLM head as ``text_decoder.cls.*``.
+    Returns (state in the QA layout, ignored keys)."""
+    state = strip_prefix(state, "module.")
+    ignored = sorted(k for k in state if k.startswith(PRETRAIN_IGNORED_PREFIXES))
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(PRETRAIN_IGNORED_PREFIXES):
+            continue
+        if not key.startswith("text_encoder."):
+            out[key] = value
+            continue
+        rest = key[len("text_encoder."):]
+        rest = rest[len("bert."):] if rest.startswith("bert.") else rest
+        if rest.startswith("cls."):
+            out["text_decoder." + rest] = value
+            continue
+        out["text_encoder." + rest] = value
+        if rest.startswith("embeddings."):
+            out["text_decoder.bert." + rest] = value
+        elif rest.startswith("encoder.layer."):
+            parts = rest.split(".")
+            layer = int(parts[2])
+            if layer >= fusion_layer:
+                parts[2] = str(layer - fusion_layer)
+                out["text_decoder.bert." + ".".join(parts)] = value
+    return out, ignored
+
+
+def init_qa_from_umt(model: UMTQA, path: str) -> LoadReport:
+    """Initialise a UMTQA for fine-tuning from a UMT pretraining / retrieval file (``qa_state_from_umt``).
+
+    Every tensor of the model must come from the file except the decoder's LM head when the file has none (a
+    retrieval file; the head then stays as initialised and is listed in ``report.missing``): anything else missing,
+    unexpected or of the wrong shape raises a CheckpointError. The decoder layers beyond the encoder's fusion layers
+    (none for B / L) would also be missing and raise."""
+    from ..checkpoint import CheckpointError
+
+    state, ignored = qa_state_from_umt(read_state_dict(path), model.cfg.text.fusion_layer)
+    report = load_state_into(model, state, str(path), strict=False)
+    report.ignored = ignored
+    bad_missing = [k for k in report.missing if not k.startswith("text_decoder.cls.")]
+    if bad_missing or report.unexpected or report.mismatched:
+        raise CheckpointError("refusing to initialise UMT-QA from a file that does not fit\n" + report.describe())
     return report
 
 
