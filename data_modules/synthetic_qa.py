@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .qa import VideoQADataModule
+from .qa import MultipleChoiceDataModule, VideoQADataModule
 from .synthetic import COLOURS, MOTIONS, SHAPES, SIZES, SPLITS, SyntheticConfig, ensure_dataset, vocabulary
 
 QUESTION_TYPES = ("colour", "shape", "direction", "count", "size")
@@ -128,4 +128,58 @@ class SyntheticQADataModule(VideoQADataModule):
 
     def setup(self, stage: str) -> None:
         self._resolve((stage,))
+        super().setup(stage)
+
+
+# ---------------------------------------------------------------------- multiple choice
+def mc_entries(clips: list[dict[str, Any]], seed: int, num_options: int = 5) -> list[dict[str, Any]]:
+    """MSRVTT-MC-style entries over a synthetic split: each clip's caption among ``num_options - 1`` captions of other
+    clips (distinct texts), at a position drawn from (seed, clip index)."""
+    out = []
+    for i, clip in enumerate(clips):
+        rng = np.random.default_rng([seed, 20, i])
+        wrong: list[str] = []
+        for j in rng.permutation(len(clips)):
+            caption = clips[int(j)]["caption"]
+            if caption != clip["caption"] and caption not in wrong:
+                wrong.append(caption)
+            if len(wrong) == num_options - 1:
+                break
+        answer = int(rng.integers(num_options))
+        out.append({"video": clip["video"], "caption": wrong[:answer] + [clip["caption"]] + wrong[answer:],
+                    "answer": answer})
+    return out
+
+
+class SyntheticMCDataModule(MultipleChoiceDataModule):
+    """Multiple choice (5 captions) over the synthetic retrieval test split, for the shipped retrieval demo model.
+
+    Args: cache_dir, seed, num_test, clip_frames / clip_size (as SyntheticRetrievalDataModule); everything else as
+    MultipleChoiceDataModule.
+    """
+
+    def __init__(self, cache_dir: str = ".cache/synthetic", seed: int = 0, num_test: int = 500, clip_frames: int = 16,
+                 clip_size: int = 128, num_frames: int = 8, img_size: int = 96, max_txt_len: int = 24,
+                 **kwargs: Any) -> None:
+        self.synthetic = (cache_dir, seed, num_test, clip_frames, clip_size)
+        pending = Path(cache_dir) / "pending"
+        super().__init__(test_annotation=str(pending / "mc_test.json"), video_root=str(pending / "videos"),
+                         tokenizer=str(pending / "tokenizer"), tokenizer_flavor="umt", max_txt_len=max_txt_len,
+                         num_frames=num_frames, img_size=img_size, **kwargs)
+
+    def _resolve(self) -> None:
+        cache_dir, seed, n, frames, size = self.synthetic
+        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), {"test": n})
+        clips = json.loads((out / "anno" / f"test_{n}.json").read_text())
+        path = out / "anno" / f"mc_test_{n}.json"
+        path.write_text(json.dumps(mc_entries(clips, seed)))
+        h = self.hparams
+        h.test_annotation, h.video_root, h.tokenizer = str(path), str(out / "videos"), str(out / "tokenizer")
+        self._anns, self._tokenizer = None, None
+
+    def prepare_data(self) -> None:
+        self._resolve()
+
+    def setup(self, stage: str) -> None:
+        self._resolve()
         super().setup(stage)

@@ -58,3 +58,25 @@ def test_datamodule_runs_qa_evaluation(tmp_path):
     assert task.results["num_questions"] == 5 and task.results["num_missing"] == 0
     assert {k for k in task.results if k.startswith("acc/")} == {f"acc/{t}" for t in QUESTION_TYPES}
     assert np.isfinite(task.results["gflops"])
+
+
+def test_mc_entries_hold_the_true_caption_at_the_answer():
+    from data_modules.synthetic_qa import mc_entries
+
+    clips = [{"video": f"v{i}.mp4", "caption": f"caption {i % 7}"} for i in range(12)]
+    entries = mc_entries(clips, seed=0)
+    assert [e["caption"][e["answer"]] for e in entries] == [c["caption"] for c in clips]
+    assert all(len(set(e["caption"])) == 5 for e in entries)
+    assert len({e["answer"] for e in entries}) > 1 and mc_entries(clips, seed=0) == entries
+
+
+def test_synthetic_mc_with_a_retrieval_model(tmp_path):
+    from data_modules.synthetic_qa import SyntheticMCDataModule
+    from vidtldr_pl.tasks.mc import MCTask
+
+    dm = SyntheticMCDataModule(cache_dir=str(tmp_path), seed=2, num_test=6, clip_frames=8, clip_size=48, num_frames=4,
+                               img_size=64, eval_batch_size=3, num_workers=0)
+    task = MCTask(model=create_model("umt_tiny"))
+    pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).test(task, datamodule=dm, verbose=False)
+    assert task.results["num_questions"] == 6 and task.results["num_missing"] == 0
