@@ -239,3 +239,15 @@ def test_fine_tuning_start_from_a_umt_pretraining_file(tmp_path):
     three = UMTQA(replace(QA_CONFIGS["umt_qa_tiny"](), decoder_layers=3))  # more decoder layers than fusion layers
     with pytest.raises(CheckpointError, match="text_decoder.bert.encoder.layer.2"):
         init_qa_from_umt(three, str(retrieval))
+
+
+def test_export_of_a_qa_training_checkpoint_loads_strictly(model: UMTQA, tmp_path):
+    """The LM head's weights are tied to the word embeddings (shared storage in a .ckpt): export writes both keys."""
+    from vidtldr_pl.export import export
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 1}, ckpt)
+    out = export(ckpt, tmp_path / "qa.safetensors")
+    fresh = create_model("umt_qa_tiny", checkpoint=str(out))
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k

@@ -68,7 +68,13 @@ def export(src: str | Path, dst: str | Path, dtype: str | None = None, preset: s
     if dst.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in state.items()}, str(dst),
+        seen: set[int] = set()
+        tensors = {}
+        for k, v in state.items():  # tied weights (UMT-QA's LM head = word embeddings): one copy per key
+            v = v.contiguous()
+            tensors[k] = v.clone() if v.data_ptr() in seen else v
+            seen.add(v.data_ptr())
+        save_file(tensors, str(dst),
                   metadata={"format": "pt", "layout": "umt_retrieval", "preset": preset or "", "source": Path(src).name})
     else:
         torch.save({"model": state}, dst)
