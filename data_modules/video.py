@@ -33,19 +33,25 @@ Design decisions
   (1) FFmpeg raises while demuxing / decoding, (2) the demuxer or decoder flags a packet / frame as
   corrupt, (3) the decoder outputs fewer frames than the demuxer delivered non-empty packets (frames
   were lost: with many frame threads FFmpeg can drop the frames after a bitstream error *without*
-  raising), (4) the packets' timeline ends before ``min_coverage`` of the duration declared for the
-  video track (stream header, Matroska per-track ``DURATION`` tag, else the container's duration): a
-  silently truncated AVI / MKV / WebM / faststart MP4 just stops early without any FFmpeg error.
-  (An MP4 whose ``moov`` index is at the end cannot be opened at all when truncated.) Bit errors
-  that the decoder conceals without losing frames are not detected -- the frame count stays right.
+  raising), (4) the file ends early: fewer packets than its container index lists (or an index pointing
+  past the end of the file), fewer than its stream header declares when no index covers those frames,
+  a packet timeline short of the video track's declared duration (by more than a frame + 1 %) or of
+  ``min_coverage`` of the container's duration, a GIF without its trailer. A
+  truncated AVI / MKV / WebM / faststart MP4 / GIF just stops early without any FFmpeg error; which
+  evidence is trusted, and why not the bit rate, is in :mod:`data_modules.damage`. (An MP4 whose ``moov``
+  index is at the end cannot be opened at all when truncated.) Bit errors that the decoder conceals
+  without losing frames are not detected -- the frame count stays right.
   In every such case the decoded frame count cannot be trusted, so the indices -- which are a function
   of the frame count -- would silently point at the wrong moments of the video. Hence the default
   ``on_corrupt="error"`` raises :class:`VideoDecodeError`. ``on_corrupt="keep_decoded"`` instead
   treats the frames that did decode as the whole video (``vlen`` = number of decoded frames), logs a
-  warning and records the reason in :attr:`VideoClip.corrupt_reason`. A file from which no frame at
-  all decodes always raises. Check (3) can also fire for legitimate but unusual streams (field-coded
-  interlaced H.264 with one packet per field, open-GOP cuts whose leading frames cannot be decoded);
-  ``keep_decoded`` handles those correctly because it uses the decoded count.
+  warning and records the reason in :attr:`VideoClip.corrupt_reason`; it decodes a damaged file on one
+  thread, so the same call returns the same frames every time (frame threads conceal errors depending on
+  thread timing). A file from which no frame at all decodes always raises. Check (3) can also fire for
+  legitimate but unusual streams (field-coded interlaced H.264 with one packet per field, open-GOP cuts
+  whose leading frames cannot be decoded); ``keep_decoded`` handles those correctly because it uses the
+  decoded count. :class:`VideoDecoder` / :func:`load_clip_or_skip` with ``skip_errors`` log and skip such
+  files instead.
 * **``Megamind_bugy.avi``** (OpenCV's "bugy" sample): packed-bitstream XviD (MPEG-4 ASP with B-frames)
   in AVI. It decodes completely -- 270 frames, no FFmpeg error, no corrupt flag, full timeline -- but
   the frames' ``pts`` come out permuted (1, 2, 3, 5, 4, 6, 8, 7, ...): AVI has no real presentation
@@ -78,6 +84,8 @@ import av
 import numpy as np
 import torch
 
+from .damage import StreamEvidence, damage_report, has_gif_trailer
+
 __all__ = [
     "OnCorrupt",
     "RandomSource",
@@ -102,24 +110,51 @@ OnCorrupt = Literal["error", "keep_decoded"]
 #: Accepted random sources. ``int`` seeds a new ``random.Random``; ``None`` uses a fresh, OS-seeded one.
 RandomSource = Union[random.Random, np.random.Generator, np.random.RandomState, int, None]
 
+#: Appended to the errors of :func:`load_clip_or_skip` / :class:`VideoDecoder` (the option of the datamodules too).
+SKIP_HINT = "(fix or remove the file, or set skip_errors to log and skip such files)"
+
 _FFMPEG_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError, EOFError)
 
 
 class VideoDecodeError(RuntimeError):
-    """A video could not be (fully) decoded. ``str(err)`` is ``"<path>: <reason>"``.
+    """A video could not be (fully) decoded. ``str(err)`` is ``"<path>: <reason>"``, one line.
+
+    ``VideoDecodeError(message)`` (one argument) rebuilds the error from a message ending in a formatted
+    ``VideoDecodeError: <path>: <reason>`` line -- what a DataLoader worker's re-raise passes (the worker's
+    traceback as text) -- so the error keeps its type, path and reason across worker processes.
 
     Attributes:
         path: the file that failed.
         reason: human-readable cause.
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        if reason is None:
+            path, reason = _split_error_message(str(path))
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
     def __reduce__(self):  # keep it picklable (DataLoader workers, multiprocessing)
         return (type(self), (self.path, self.reason))
+
+
+def _split_error_message(message: str) -> tuple[str, str]:
+    """``(path, reason)`` from the last ``[module.]VideoDecodeError: <path>: <reason>`` line of ``message`` (a
+    formatted traceback), else from ``message`` itself. A path containing ``": "`` is split at its first one."""
+    text = message.strip()
+    for line in reversed(text.splitlines()):
+        head, sep, rest = line.partition(f"{VideoDecodeError.__name__}: ")
+        if sep and (not head or (head.endswith(".") and " " not in head)):
+            text = rest
+            break
+    path, sep, reason = text.partition(": ")
+    return (path, reason) if sep else ("<unknown file>", text)
+
+
+def _ffmpeg_message(exc: BaseException) -> str:
+    """``"<ErrorType>: <FFmpeg's message>"`` without the file name FFmpeg appends (the error names it)."""
+    return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,17 +318,24 @@ def _parse_hms(value: str) -> float:
         return 0.0
 
 
-def _declared_duration_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
-    """Duration the file declares for the video stream (stream header, else Matroska's per-track
-    ``DURATION`` tag, else the container's -- which may include a longer audio track)."""
+def _track_duration_s(stream: av.video.stream.VideoStream) -> float:
+    """Duration the file declares for the video track itself (stream header, else Matroska's per-track
+    ``DURATION`` tag); 0.0 if none."""
     if stream.duration is not None and stream.duration > 0 and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    tagged = _parse_hms(stream.metadata.get("DURATION", "")) if stream.metadata else 0.0
-    if tagged > 0:
-        return tagged
+    return _parse_hms(stream.metadata.get("DURATION", "")) if stream.metadata else 0.0
+
+
+def _container_duration_s(container: av.container.InputContainer) -> float:
+    """Duration the container declares (may include a longer audio track); 0.0 if unknown."""
     if container.duration is not None and container.duration > 0:
         return container.duration / av.time_base
     return 0.0
+
+
+def _declared_duration_s(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    """The video track's declared duration, else the container's."""
+    return _track_duration_s(stream) or _container_duration_s(container)
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -307,7 +349,7 @@ def _open(path: str) -> av.container.InputContainer:
         return av.open(path, mode="r", metadata_errors="ignore")
     except _FFMPEG_ERRORS as exc:
         raise VideoDecodeError(
-            path, f"cannot open as a media container (not a video, or damaged/truncated header): {exc}"
+            path, f"cannot open as a media container (not a video, or damaged/truncated header; {_ffmpeg_message(exc)})"
         ) from exc
 
 
@@ -315,14 +357,35 @@ def _video_stream(container: av.container.InputContainer, path: str, thread_type
     if not container.streams.video:
         raise VideoDecodeError(path, f"no video stream (container format {container.format.name!r})")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # e.g. an MP4 cut inside its sample description
+        raise VideoDecodeError(path, "the video stream has no codec parameters (damaged or truncated header)")
     if thread_type:
         stream.thread_type = thread_type
     stream.codec_context.thread_count = thread_count
     return stream
 
 
+def _index_summary(stream: av.video.stream.VideoStream, fps: float) -> tuple[int, int, float]:
+    """The container's index of the stream as stored (read it before demuxing: FFmpeg adds entries while it
+    reads an unindexed file): ``(non-empty entries, last byte pointed at or -1, seconds from the stream start
+    to the end of the last indexed frame or 0.0)``."""
+    count, end, last_ts = 0, -1, None
+    for entry in stream.index_entries:
+        if entry.size > 0:
+            count += 1
+            end = max(end, entry.pos + entry.size)
+            last_ts = entry.timestamp if last_ts is None else max(last_ts, entry.timestamp)
+    if last_ts is None or stream.time_base is None or fps <= 0:
+        return count, end, 0.0
+    return count, end, float((last_ts - (stream.start_time or 0)) * stream.time_base) + 1.0 / fps
+
+
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+    """(H, W, 3) uint8. On one swscale thread: the converter stays attached to the frame, and a frame still alive
+    when a DataLoader worker forks (e.g. held by a traceback) would hang the worker when freed there (a
+    threaded converter waits for its threads, which a forked process does not have). Only the sampled frames
+    are converted, so the threads gained little."""
+    return frame.to_ndarray(format="rgb24", threads=1)
 
 
 def _frame_nbytes(frame: av.VideoFrame) -> int:
@@ -356,6 +419,7 @@ def _scan(
             hint_vlen, _ = trim_to_30s(claimed, fps, trimmed30)
             wanted = set(get_frame_indices(num_frames, max(hint_vlen, 1), sample, rng=hint_rng))
         time_base = stream.time_base
+        indexed, index_end, index_duration = _index_summary(stream, fps)  # before demuxing adds entries
         # Keeping every av.VideoFrame alive defeats FFmpeg's buffer pool (~25 % slower decoding), so the
         # buffer is only kept when the frame count is an estimate; a wrong header count -> second pass.
         buffer: list[av.VideoFrame] | None = [] if (estimated and max_buffer_bytes > 0) else None
@@ -395,25 +459,30 @@ def _scan(
                 if stopped_early:
                     break
         except _FFMPEG_ERRORS as exc:
-            damage = f"decoding failed after {n} frame(s) ({type(exc).__name__}: {exc})"
+            damage = f"decoding failed after {n} frame(s) ({_ffmpeg_message(exc)})"
 
         if damage is None and not stopped_early:
-            problems = []
-            if flagged:
-                problems.append(f"FFmpeg flagged {flagged} packet(s)/frame(s) as corrupt")
-            if n < n_packets:
-                problems.append(f"the decoder output {n} frames from {n_packets} packets ({n_packets - n} lost)")
-            declared = _declared_duration_s(container, stream)
-            if min_coverage > 0 and declared > 0 and last_end is not None and time_base is not None:
-                start = stream.start_time if stream.start_time is not None else 0
-                covered = float((last_end - start) * time_base)
-                if covered < min_coverage * declared:
-                    problems.append(
-                        f"the stream ends at {covered:.2f} s but the container declares {declared:.2f} s "
-                        "(truncated file?)"
-                    )
-            if problems:
-                damage = "; ".join(problems)
+            covered = None
+            if last_end is not None and time_base is not None:
+                covered = float((last_end - (stream.start_time or 0)) * time_base)
+            damage = damage_report(
+                StreamEvidence(
+                    file_size=os.path.getsize(path),
+                    header_frames=int(stream.frames or 0),
+                    indexed_frames=indexed,
+                    index_end=index_end,
+                    index_duration=index_duration,
+                    track_duration=_track_duration_s(stream),
+                    container_duration=_container_duration_s(container),
+                    fps=fps,
+                    packets=n_packets,
+                    decoded=n,
+                    flagged=flagged,
+                    covered=covered,
+                    gif_trailer=has_gif_trailer(path) if container.format.name == "gif" else None,
+                ),
+                min_coverage,
+            )
 
         if fps <= 0 and n > 0:
             declared = _declared_duration_s(container, stream)
@@ -444,7 +513,8 @@ def _fetch(
                 if n > last:
                     break
         except _FFMPEG_ERRORS as exc:
-            raise VideoDecodeError(path, f"second decode pass failed after {n} frame(s): {exc}") from exc
+            reason = f"second decode pass failed after {n} frame(s) ({_ffmpeg_message(exc)})"
+            raise VideoDecodeError(path, reason) from exc
     finally:
         container.close()
     missing = need - out.keys()
@@ -479,9 +549,12 @@ def decode_frames(
             ``get_frame_indices`` call on the true frame count.
         on_corrupt: ``"error"`` (default) raises :class:`VideoDecodeError` for a damaged file;
             ``"keep_decoded"`` samples from the frames that did decode (warning logged, reason in
-            ``corrupt_reason``). See the module docstring for what counts as damage.
-        min_coverage: truncation check: the packets must reach this fraction of the declared duration
-            (0 disables the check).
+            ``corrupt_reason``; a damaged file is decoded again on one thread, so the frames are
+            reproducible). See the module docstring for what counts as damage.
+        min_coverage: truncation check when only the container declares a duration (it may include a
+            longer audio track): the packets must reach this fraction of it. A duration the video track
+            declares itself must be reached within a frame + 1 %. 0 disables both duration checks; frame
+            counts against the index or header are compared exactly.
         thread_type / thread_count: PyAV decoder threading (``"AUTO"`` = frame + slice threads;
             ``thread_count=0`` lets FFmpeg pick, use 1-2 inside many DataLoader workers).
         max_buffer_bytes: memory cap for the decoded (YUV) frames kept when the container declares no
@@ -503,17 +576,29 @@ def decode_frames(
         raise ValueError(f"sample must be 'rand', 'middle' or an index rule, got {sample!r}")
     gen = _resolve_rng(rng) if callable(sample) or sample == "rand" else None
 
-    scan = _scan(
-        path,
-        num_frames,
-        sample,
-        copy.deepcopy(gen),  # the hint must not consume the caller's generator
-        trimmed30=trimmed30,
-        min_coverage=min_coverage,
-        thread_type=thread_type,
-        thread_count=thread_count,
-        max_buffer_bytes=max_buffer_bytes,
-    )
+    def scan_with(threads: str, count: int) -> _ScanResult:
+        return _scan(
+            path,
+            num_frames,
+            sample,
+            copy.deepcopy(gen),  # the hint must not consume the caller's generator
+            trimmed30=trimmed30,
+            min_coverage=min_coverage,
+            thread_type=threads,
+            thread_count=count,
+            max_buffer_bytes=max_buffer_bytes,
+        )
+
+    scan = scan_with(thread_type, thread_count)
+    if scan.damage is not None and on_corrupt == "keep_decoded" and thread_count != 1:
+        # Frame threads conceal and drop damaged frames depending on thread timing (other frames on every call):
+        # decode a damaged file again on one thread, which is deterministic, and fetch from that decode too.
+        threaded_damage = scan.damage
+        thread_type, thread_count = "NONE", 1
+        scan = scan_with(thread_type, thread_count)
+        scan.damage = scan.damage or threaded_damage
+    if scan.num_decoded == 0 or (scan.damage is not None and on_corrupt == "error"):
+        scan.buffer = None  # no decoder frames in the traceback
     if scan.num_decoded == 0:
         detail = f" ({scan.damage})" if scan.damage else ""
         raise VideoDecodeError(path, f"no decodable video frames{detail}")
@@ -574,7 +659,7 @@ def count_frames(path: str | os.PathLike[str], *, thread_type: str = "AUTO", thr
             for _ in container.decode(stream):
                 n += 1
         except _FFMPEG_ERRORS as exc:
-            raise VideoDecodeError(path, f"decoding failed after {n} frame(s): {exc}") from exc
+            raise VideoDecodeError(path, f"decoding failed after {n} frame(s) ({_ffmpeg_message(exc)})") from exc
         return n
     finally:
         container.close()
@@ -590,16 +675,16 @@ def load_clip_or_skip(
 ) -> VideoClip | None:
     """:func:`decode_frames` with a skip policy.
 
-    With ``skip_errors=False`` (default) a :class:`VideoDecodeError` propagates. With ``skip_errors=True`` a
-    warning naming the file and the reason is logged (logger ``data_modules.video``) and ``None`` is
-    returned so that a dataset can drop the sample. Other exceptions (bad arguments, bugs) always propagate.
-    ``kwargs`` go to :func:`decode_frames`.
+    With ``skip_errors=False`` (default) a :class:`VideoDecodeError` propagates, its reason ending in a hint at
+    ``skip_errors``. With ``skip_errors=True`` a warning naming the file and the reason is logged (logger
+    ``data_modules.video``) and ``None`` is returned so that a dataset can drop the sample. Other exceptions
+    (bad arguments, bugs) always propagate. ``kwargs`` go to :func:`decode_frames`.
     """
     try:
         return decode_frames(path, num_frames, sample, **kwargs)
     except VideoDecodeError as err:
         if not skip_errors:
-            raise
+            raise VideoDecodeError(err.path, f"{err.reason} {SKIP_HINT}") from err
         logger.warning("Skipping unreadable video %s: %s", err.path, err.reason)
         return None
 

@@ -8,6 +8,7 @@ in half is cut mid-stream).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import pickle
 import random
 from fractions import Fraction
@@ -535,6 +536,248 @@ def test_skip_policy(vids, tmp_path, caplog):
     assert [read_index(f) for f in clip.frames] == list(clip.indices) and len(clip.indices) == 8
     with pytest.raises(VideoDecodeError):
         VideoDecoder()(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files that end early: every intact clip accepted, every truncated copy rejected (or skipped on request)
+# --------------------------------------------------------------------------------------------------
+
+
+def write_gif(path: Path, n: int, fps: int = 10) -> Path:
+    """An animated GIF written by PyAV (FFmpeg's gif encoder): index stripes on top, noise below."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("gif", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, "rgb8"
+        for i in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(_frame_rgb(i, rng), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def remux_faststart(src: Path, dst: Path) -> Path:
+    """The same packets in an MP4 whose index (moov) comes first: a cut file still opens."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        in_stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        for packet in inp.demux(in_stream):
+            if packet.dts is not None:
+                packet.stream = out_stream
+                out.mux(packet)
+    return dst
+
+
+def synthetic_generator_clip(path: Path) -> Path:
+    """A clip as data_modules.synthetic writes them (mpeg4 in MP4, index at the end)."""
+    from data_modules.synthetic import write_mp4
+
+    frames = np.random.default_rng(3).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
+    write_mp4(path, frames, fps=8)
+    return path
+
+
+CUTS = (0.25, 0.5, 0.75, 0.9)
+
+
+@pytest.fixture(scope="module")
+def intact_clips(tmp_path_factory) -> dict[str, tuple[Path, int]]:
+    """name -> (path, frames): the reference clips, copied; a faststart remux of bikes.mp4; our GIF; a clip of
+    the synthetic generator."""
+    d = tmp_path_factory.mktemp("intact")
+    clips = {}
+    for name, (vlen, _) in REAL.items():
+        (d / name).write_bytes((REF_VIDEOS / name).read_bytes())
+        clips[name] = (d / name, vlen)
+    clips["bikes_faststart.mp4"] = (remux_faststart(d / "bikes.mp4", d / "bikes_faststart.mp4"), 250)
+    clips["noise.gif"] = (write_gif(d / "noise.gif", 30), 30)
+    clips["synthetic.mp4"] = (synthetic_generator_clip(d / "synthetic.mp4"), 16)
+    return clips
+
+
+@needs_ref_videos
+@pytest.mark.parametrize("name", [*REAL, "bikes_faststart.mp4", "noise.gif", "synthetic.mp4"])
+def test_intact_clips_are_accepted(intact_clips, name):
+    path, vlen = intact_clips[name]
+    clip = decode_frames(path, 12, "middle")
+    assert clip.vlen == clip.num_decoded == vlen and clip.corrupt_reason is None
+    if name == "noise.gif":
+        assert [read_index(f) for f in clip.frames] == list(clip.indices)
+
+
+def _evidence_pattern(name: str) -> str:
+    """What the error must say for a cut copy of ``name``: the expected vs the found extent."""
+    if name.endswith(".avi"):  # idx1 (written last) is gone: the header's frame count against the frames read
+        header = {"Megamind_bugy.avi": 270, "tree.avi": 444}[name]  # tree.avi's header claims 444 (68 stored)
+        return rf"the stream header declares {header} frames but only \d+ could be read"
+    if name.endswith(".gif"):  # unless the decoder fails on the cut image itself
+        return r"the GIF does not end with its trailer \(00 3B\) after \d+ frames|decoding failed after \d+ frame"
+    if name == "bikes_faststart.mp4":  # the index (first in the file) points past the end of the cut file
+        return r"the container index (points at byte \d+ but the file has \d+ bytes|lists 250 frames but only)"
+    return "cannot open as a media container"  # MP4 with its index at the end: nothing to read
+
+
+@needs_ref_videos
+@pytest.mark.parametrize("cut", CUTS)
+@pytest.mark.parametrize("name", [*REAL, "bikes_faststart.mp4", "noise.gif", "synthetic.mp4"])
+def test_truncated_copies_are_rejected(intact_clips, tmp_path, caplog, name, cut):
+    src, vlen = intact_clips[name]
+    data = src.read_bytes()
+    path = tmp_path / f"cut{int(cut * 100)}_{name}"
+    path.write_bytes(data[: int(len(data) * cut)])
+
+    err = _assert_error(path, _evidence_pattern(name))
+    assert err.reason.startswith(("damaged video", "cannot open"))
+    with caplog.at_level(logging.WARNING, logger="data_modules.video"):
+        assert load_clip_or_skip(path, 12, skip_errors=True) is None  # the logged skip
+    assert any(str(path) in r.getMessage() and "Skipping" in r.getMessage() for r in caplog.records)
+    if err.reason.startswith("damaged video"):  # opened: keep_decoded samples from the frames that decoded
+        clip = decode_frames(path, 12, "middle", on_corrupt="keep_decoded")
+        assert 0 < clip.vlen < vlen and clip.corrupt_reason
+
+
+@needs_ref_videos
+def test_half_of_megamind_is_not_a_shorter_video(tmp_path):
+    """The reported case: half the bytes of Megamind_bugy.avi used to pass as a complete, shorter video."""
+    data = (REF_VIDEOS / "Megamind_bugy.avi").read_bytes()
+    path = tmp_path / "Megamind_half.avi"
+    path.write_bytes(data[: len(data) // 2])
+    err = _assert_error(path, r"declares 270 frames but only 109 could be read")
+    assert "truncated" in err.reason
+
+
+def test_truncated_at_a_packet_boundary(tmp_path):
+    """A cut between two packets: no partial packet, no FFmpeg error or corrupt flag; only the missing index
+    (AVI), the index pointing past the end (faststart MP4) or the declared duration (Matroska) tell."""
+    cases = {
+        "avi": (write_video(tmp_path / "v.avi", 75, codec="mpeg4"), r"declares 75 frames but only \d+ could be read"),
+        "mp4": (write_video(tmp_path / "v.mp4", 75, container_options={"movflags": "faststart"}), "container index"),
+        "mkv": (write_video(tmp_path / "v.mkv", 75), r"the video track ends at [\d.]+ s but declares 3.00 s"),
+    }
+    for ext, (src, pattern) in cases.items():
+        with av.open(str(src)) as c:
+            ends = [p.pos + p.size for p in c.demux(video=0) if p.size]
+        data = src.read_bytes()
+        path = tmp_path / f"cut.{ext}"
+        path.write_bytes(data[: ends[len(ends) // 2]])  # right after the middle packet
+        _assert_error(path, pattern)
+
+
+def test_damage_report_trusts_the_index_over_the_header():
+    """tree.avi's evidence (header 444 frames, index of the 68 stored ones spread over the 444 slots) is intact;
+    the same header with only the first frame indexed (a truncated AVI after probing) is not."""
+    from dataclasses import replace
+
+    from data_modules.damage import StreamEvidence, damage_report
+
+    tree = StreamEvidence(file_size=1250680, header_frames=444, indexed_frames=68, index_end=1243559,
+                          index_duration=29.6, track_duration=29.6, container_duration=29.6, fps=15.0, packets=68,
+                          decoded=68, flagged=0, covered=29.6)
+    assert damage_report(tree, 0.9) is None
+    cut = replace(tree, file_size=312670, indexed_frames=1, index_end=28233, index_duration=1 / 15,
+                  track_duration=7.4, container_duration=7.4, packets=18, decoded=18, covered=7.47)
+    assert "declares 444 frames but only 18 could be read" in damage_report(cut, 0.9)
+    # a longer audio track: the container's duration only within min_coverage; the track's own within a frame + 1 %
+    audio = StreamEvidence(file_size=1000, header_frames=0, indexed_frames=0, index_end=-1, index_duration=0.0,
+                           track_duration=0.0, container_duration=2.1, fps=25.0, packets=50, decoded=50, flagged=0,
+                           covered=2.0)
+    assert damage_report(audio, 0.9) is None
+    assert "ends at 2.00 s but declares 2.10 s" in damage_report(replace(audio, track_duration=2.1), 0.9)
+    assert damage_report(replace(audio, track_duration=2.04), 0.9) is None  # one frame short: a missing duration
+
+
+# --------------------------------------------------------------------------------------------------
+# keep_decoded is reproducible; errors survive DataLoader workers and point at skip_errors
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bit_damaged_mp4(tmp_path_factory) -> Path:
+    """Random bytes over five places of an H.264 stream: the decoder conceals errors (frames flagged corrupt)."""
+    d = tmp_path_factory.mktemp("bit_damaged")
+    data = bytearray(write_video(d / "src.mp4", 150).read_bytes())
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        pos = int(rng.integers(len(data) // 10, len(data) * 9 // 10))
+        data[pos : pos + 500] = rng.integers(0, 256, 500, dtype=np.uint8).tobytes()
+    path = d / "damaged.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_keep_decoded_is_deterministic(bit_damaged_mp4):
+    """Frame threads conceal damaged frames depending on thread timing (the same call returned other frames);
+    a damaged file is decoded again on one thread."""
+    _assert_error(bit_damaged_mp4, "damaged video")
+    reference = decode_frames(bit_damaged_mp4, 12, "middle", on_corrupt="keep_decoded", thread_count=1)
+    assert reference.corrupt_reason
+    for kwargs in ({}, {}, {}, {"thread_count": 8, "thread_type": "FRAME"}):
+        clip = decode_frames(bit_damaged_mp4, 12, "middle", on_corrupt="keep_decoded", **kwargs)
+        assert (clip.vlen, clip.indices) == (reference.vlen, reference.indices)
+        assert torch.equal(clip.frames, reference.frames)
+    rand = [decode_frames(bit_damaged_mp4, 8, "rand", rng=5, on_corrupt="keep_decoded").frames for _ in range(3)]
+    assert torch.equal(rand[0], rand[1]) and torch.equal(rand[0], rand[2])
+
+
+class _Videos(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths, self.decode = paths, VideoDecoder(num_frames=4)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.decode(self.paths[i]).frames
+
+
+def test_error_survives_a_dataloader_worker(vids):
+    """A worker sends its exception as type + traceback text and the loader rebuilds it with one argument:
+    the VideoDecodeError comes back with its path and a one-line reason that names skip_errors."""
+    loader = torch.utils.data.DataLoader(_Videos([vids["h264_mp4"], vids["half_avi"]]), batch_size=1, num_workers=1)
+    with pytest.raises(VideoDecodeError) as info:
+        list(loader)
+    err = info.value
+    assert err.path == str(vids["half_avi"]) and "\n" not in str(err)
+    assert str(err) == f"{err.path}: {err.reason}"
+    assert err.reason.startswith("damaged video") and "skip_errors" in err.reason
+    assert "Traceback" not in str(err) and "DataLoader worker" not in str(err)
+
+
+def test_converted_frame_is_freed_in_a_forked_worker(vids):
+    """_to_rgb converts on one swscale thread: a converted frame still alive when a DataLoader worker forks (held
+    by a traceback, say) is freed there without waiting for converter threads that the fork did not copy."""
+    with av.open(str(vids["h264_mp4"])) as c:
+        frame = next(c.decode(video=0))
+    video_mod._to_rgb(frame)
+    held = [frame]
+    del frame
+    child = multiprocessing.get_context("fork").Process(target=held.clear)  # the child frees the frame
+    child.start()
+    child.join(timeout=30)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+
+
+def test_error_rebuilt_from_a_message():
+    text = (
+        "Caught VideoDecodeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise VideoDecodeError(path, reason)\n'
+        "data_modules.video.VideoDecodeError: /data/a b/c.mp4: cannot open: VideoDecodeError: nested\n"
+    )
+    err = VideoDecodeError(text)
+    assert (err.path, err.reason) == ("/data/a b/c.mp4", "cannot open: VideoDecodeError: nested")
+    assert str(pickle.loads(pickle.dumps(err))) == "/data/a b/c.mp4: cannot open: VideoDecodeError: nested"
+    assert VideoDecodeError("/x.mp4: boom").path == "/x.mp4"
+
+
+def test_skip_hint_names_the_option(vids):
+    with pytest.raises(VideoDecodeError, match="set skip_errors to log and skip such files") as info:
+        VideoDecoder()(vids["half_webm"])
+    assert info.value.path == str(vids["half_webm"])
+    assert "skip_errors" not in str(_assert_error(vids["half_webm"], "damaged"))  # decode_frames has no such option
 
 
 # --------------------------------------------------------------------------------------------------

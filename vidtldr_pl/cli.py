@@ -138,6 +138,7 @@ def run_cli(stage: str, argv: list[str]) -> int:
     Missing or malformed inputs (data, annotations, checkpoints) end with a short message and exit code 2.
     """
     from data_modules.annotations import AnnotationError
+    from data_modules.video import VideoDecodeError
     from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
 
     try:
@@ -150,7 +151,7 @@ def run_cli(stage: str, argv: list[str]) -> int:
             getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
         cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError)):
+        while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError, VideoDecodeError)):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
