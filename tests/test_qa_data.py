@@ -134,6 +134,7 @@ def test_mc_score_is_official_mixture():
     torch.testing.assert_close(scores, expected)
 
 
+@pytest.mark.slow  # two evaluate.py processes
 @pytest.mark.parametrize("override", [[], ["--model.init_args.model=umt_qa_tiny", "--model.init_args.checkpoint=null"]])
 def test_evaluate_without_data_or_checkpoint_stops_with_one_line(tmp_path, override):
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--config", "msrvtt_qa_umt.yaml", *override],

@@ -55,6 +55,7 @@ def test_batch_size_does_not_change_predictions(tmp_path):
     assert a.predictions == b.predictions and a.results["acc"] == b.results["acc"]
 
 
+@pytest.mark.slow  # 15 epochs of fit
 def test_fine_tuning_lowers_the_answer_loss(tmp_path):
     task, dm = make_task(lr=1e-3, warmup_epochs=0, save_best=False), TinyQAData(num_questions=4, batch_size=4)
     batch = dm._collate([dm._loader().dataset[i] for i in range(4)])
