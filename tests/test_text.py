@@ -1,9 +1,9 @@
-"""Caption cleaning (official ``pre_text``) and the pure-Python BERT WordPiece tokenizer."""
+"""Caption cleaning (official ``pre_text``) and the BERT WordPiece tokenizer (HF ``tokenizers`` underneath)."""
 from __future__ import annotations
 
 import random
 import re
-import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ import torch
 from vidtldr_pl.text import (
     SPECIAL_TOKENS,
     BertWordPieceTokenizer,
+    TokenizerNotFoundError,
     build_vocab,
     clean_caption,
     join_paragraph,
@@ -223,6 +224,15 @@ def test_cache_consistency(tok):
     assert tok.decode(tok.encode("unaffable")) == "unaffable"
 
 
+def test_pickle_roundtrip(tok):
+    """DataLoader workers started by spawn receive the tokenizer pickled."""
+    import pickle
+
+    t2 = pickle.loads(pickle.dumps(tok))
+    texts = ["a man is running", "Café, naïve! [SEP] 我爱you"]
+    assert torch.equal(t2(texts, max_length=8)["input_ids"], tok(texts, max_length=8)["input_ids"])
+
+
 # --------------------------------------------------------------------------------------------------- vocab / files
 def test_build_vocab():
     vocab = build_vocab(["A man runs.", "a MAN walks", "a dog"], min_freq=1)
@@ -269,40 +279,91 @@ def test_missing_files(tmp_path):
         BertWordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "hello"])
 
 
-def test_from_pretrained_hub_failure_is_clear(monkeypatch):
+def _fake_bert_cache(cache: Path, vocab: list[str], repo: str = "bert-base-uncased") -> None:
+    """The Hugging Face cache layout holding ``repo``'s vocab.txt (models--repo/refs/main, snapshots/<commit>/)."""
+    commit = "0" * 40
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+
+
+@pytest.fixture()
+def no_network(monkeypatch, tmp_path):
+    """An empty Hugging Face cache and a Hub endpoint that refuses connections (whatever this machine's network)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return cache
+
+
+def test_from_pretrained_offline_fails_at_once_with_the_hint(no_network, monkeypatch):
     import huggingface_hub
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("no network")
+    downloads = []
+    real = huggingface_hub.hf_hub_download
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(OSError, match="could not download vocab.txt of 'bert-base-uncased'.*local directory"):
+    def spy(*args, **kwargs):
+        downloads.append(kwargs.get("local_files_only", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", spy)
+    with pytest.raises(TokenizerNotFoundError) as info:
         BertWordPieceTokenizer.from_pretrained("bert-base-uncased")
+    message = str(info.value)
+    assert isinstance(info.value, FileNotFoundError)  # the CLI turns it into one line and exit code 2
+    assert "\n" not in message and "'bert-base-uncased'" in message and "not in the Hugging Face cache" in message
+    assert message.endswith("pass a local directory containing vocab.txt (or the file itself)")
+    assert downloads == [True]  # the cache was read; the retrying download was never started
 
 
-def test_from_pretrained_hub_uses_downloaded_file(monkeypatch, tmp_path, tok):
+def test_from_pretrained_hub_offline_env_and_local_files_only(no_network, monkeypatch):
+    from huggingface_hub import constants
+
+    with pytest.raises(TokenizerNotFoundError, match="local_files_only=True; pass a local directory"):
+        BertWordPieceTokenizer.from_pretrained("bert-base-uncased", local_files_only=True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TokenizerNotFoundError, match="HF_HUB_OFFLINE is set; pass a local directory"):
+        BertWordPieceTokenizer.from_pretrained("google-bert/bert-base-uncased")
+
+
+def test_from_pretrained_hub_reads_the_cache_offline(no_network, tok):
+    _fake_bert_cache(no_network, BASE_VOCAB)
+    t = BertWordPieceTokenizer.from_pretrained("bert-base-uncased", flavor="umt")
+    assert t.vocab == tok.vocab and t.flavor == "umt"
+
+
+def test_from_pretrained_hub_downloads_when_online(monkeypatch, tmp_path, tok):
     import huggingface_hub
 
     path = tok.save_vocab(tmp_path)
     calls = []
 
-    def fake(repo_id, filename, **kwargs):
-        calls.append((repo_id, filename))
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        calls.append(("download", repo_id, filename, local_files_only))
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
         return str(path)
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kw: calls.append(("head", url)))
     t = BertWordPieceTokenizer.from_pretrained("google-bert/bert-base-uncased")
-    assert calls == [("google-bert/bert-base-uncased", "vocab.txt")] and t.vocab == tok.vocab
+    assert t.vocab == tok.vocab
+    assert [c[0] for c in calls] == ["download", "head", "download"] and calls[0][3] and not calls[2][3]
+    assert calls[1][1].endswith("google-bert/bert-base-uncased/resolve/main/vocab.txt")
 
 
-# ----------------------------------------------------------------------------------------------------------- speed
-def test_speed_10k_captions():
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(2000)] + ["running", "man", "a", "the", "dog"]
-    caps = [clean_caption(" ".join(rng.choice(words) for _ in range(rng.randint(5, 15))) + ".") for _ in range(10_000)]
-    t = BertWordPieceTokenizer(build_vocab(caps[:5000], char_pieces=True))
-    t0 = time.perf_counter()
-    out = t(caps, max_length=32)
-    assert time.perf_counter() - t0 < 3.0
-    assert out["input_ids"].shape == (10_000, 32)
-    assert (out["input_ids"][:, 0] == t.cls_token_id).all()
+def test_from_pretrained_unknown_repo_is_one_line(monkeypatch):
+    import huggingface_hub
+
+    def missing(url, **kwargs):
+        raise huggingface_hub.errors.EntryNotFoundError("404 Client Error.\n\nEntry Not Found for url: " + url)
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", missing)
+    with pytest.raises(TokenizerNotFoundError, match=r"\(EntryNotFoundError: 404 Client Error\.\); pass a local"):
+        BertWordPieceTokenizer.from_pretrained("nobody/no-such-bert")

@@ -1,8 +1,9 @@
-"""Caption cleaning (official ``pre_text``) and a pure-Python BERT WordPiece tokenizer."""
+"""Caption cleaning (official ``pre_text``) and a BERT WordPiece tokenizer on HF ``tokenizers``."""
 from vidtldr_pl.text.cleaning import clean_caption, join_paragraph, pre_text
 from vidtldr_pl.text.tokenizer import (
     SPECIAL_TOKENS,
     BertWordPieceTokenizer,
+    TokenizerNotFoundError,
     build_vocab,
     load_vocab,
 )
@@ -10,6 +11,7 @@ from vidtldr_pl.text.tokenizer import (
 __all__ = [
     "SPECIAL_TOKENS",
     "BertWordPieceTokenizer",
+    "TokenizerNotFoundError",
     "build_vocab",
     "clean_caption",
     "join_paragraph",

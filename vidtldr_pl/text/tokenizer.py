@@ -1,42 +1,59 @@
-"""A pure-Python BERT WordPiece tokenizer reproducing HF ``BertTokenizer`` (the Python "slow" one).
+"""BERT WordPiece tokenizer on HF ``tokenizers`` (Rust), with the ids of HF's Python ``BertTokenizer``.
 
 Two flavors (``flavor=``):
 
-* ``"hf"`` (default): HF ``BertTokenizer`` (slow, checked against transformers 4.32.1 and 4.57.6):
-  ``[CLS] pieces [SEP]``, NFC step.
-* ``"umt"``: the tokenizer the official UMT / vid-TLDR code actually runs, ``models/backbones/bert/
-  tokenization_bert.py`` -- an ALBEF-era copy of the HF class (via Singularity / VINDLU) whose
-  ``build_inputs_with_special_tokens`` returns ``[CLS] X`` for a single text: **no trailing [SEP]**; truncation keeps
-  ``max_length - 1`` word pieces. Its BasicTokenizer also predates the NFC step (a no-op when lower-casing, since
-  accent stripping applies NFD anyway; it only matters with ``do_lower_case=False``). Checkpoints fine-tuned by the
-  official code saw texts without ``[SEP]``, so use this flavor to reproduce official features and scores.
+* ``"hf"`` (default): HF ``BertTokenizer`` as transformers 4.x computes it (the Python class; 5.x renamed it
+  ``BertTokenizerLegacy`` and changed it, see below): ``[CLS] pieces [SEP]``, NFC step.
+* ``"umt"``: the tokenizer the official UMT / vid-TLDR code runs (``models/backbones/bert/tokenization_bert.py``, an
+  ALBEF-era copy of that class): ``[CLS] pieces``, **no trailing [SEP]**, truncation keeps ``max_length - 1``
+  pieces, no NFC step (which only matters with ``do_lower_case=False``). Checkpoints fine-tuned by the official code
+  saw texts without ``[SEP]``: use it to reproduce official features and scores.
 
-Pipeline per text (as ``PreTrainedTokenizer.tokenize`` + ``BertTokenizer._tokenize``):
+Who does what:
 
-1. special-token strings present in the text (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[UNK]``, ``[MASK]``, exact case) are
-   split out and kept whole; the rest is lower-cased one character at a time (so a final capital sigma becomes
-   ``σ``, not ``ς``);
-2. BasicTokenizer: drop NUL, U+FFFD and control characters (Unicode category C*, except tab / newline / CR), map
-   whitespace (space, tab, newline, CR, category Zs) to spaces, put spaces around CJK ideographs, NFC-normalise
-   (``"hf"`` only), split on whitespace; per word: lower-case, strip accents (NFD, drop category Mn), split off
-   every punctuation character (ASCII 33-47, 58-64, 91-96, 123-126, or category P*);
-3. WordPiece: greedy longest-match-first with ``##`` continuations; a word longer than 100 characters, or one that
-   cannot be covered, becomes ``[UNK]``.
+* Python (``_Normalizer``: ``str`` methods and translate tables built from ``unicodedata``): split out the
+  special-token strings, lower-case (per character), drop control characters, map whitespace to spaces, space out CJK
+  ideographs, NFC (``"hf"``) or NFD and drop accents (Mn) when lower-casing, space out punctuation.
+* ``tokenizers`` (Rust): match the special tokens, split on whitespace, WordPiece (greedy longest-match-first, ``##``
+  continuations, words over ``max_input_chars_per_word`` or not coverable -> ``[UNK]``), the ``[CLS]`` / ``[SEP]``
+  template and truncation, batching in parallel. Padding into (B, L) arrays is numpy (faster than Rust padding plus
+  a list-of-lists conversion).
 
-``__call__`` adds ``[CLS] ... [SEP]`` (``"umt"``: ``[CLS] ...``), truncates word pieces (never the special tokens)
-and pads on the right.
-"""
+Normalisation stays in Python because the Rust ``BertNormalizer`` / ``BertPreTokenizer`` (what transformers'
+Rust-backed ``BertTokenizerFast`` / 5.x ``BertTokenizer`` use) disagree with the Python class on about 830k code
+points: their Unicode tables are older than Python's (code points unassigned for Python are kept instead of dropped;
+marks and punctuation added since are not stripped / split; U+166D is split as punctuation), their CJK range starts
+at U+2B920 instead of U+2B820, there is no NFC step, and lone surrogates are refused.
+
+Checked (tests/test_tokenizer_parity.py, and once against transformers 4.57.6 / 5.23.0 on the same 50,000 generated
+captions): the ids equal the former pure-Python implementation (kept in tests/reference_wordpiece.py) and
+transformers 4.57.6's ``BertTokenizer``, with these differences:
+
+* cased, a word that becomes a special-token string once cleaned (``[SE\\x00P]``) is that special token, as in HF
+  (``never_split``); the former implementation split it;
+* a special-token string absent from the vocab (a vocab without ``[MASK]``) gets the ``[UNK]`` id, as before; HF adds
+  it to the vocab with a new id. :meth:`BertWordPieceTokenizer.tokenize` shows it as ``[UNK]``;
+* transformers 5.x's ``BertTokenizerLegacy`` lower-cases per word (a final capital sigma becomes ``ς``, we and 4.x
+  give ``σ``) and checks ``never_split`` before lower-casing (lower-cased, ``[SE\\x00P]`` is ``[SEP]`` there);
+  transformers' Rust-backed classes differ as listed above (on 57 % of those captions lower-cased, 65 % cased: they
+  seek out such characters)."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
+import threading
 import unicodedata
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
+from tokenizers import AddedToken, Tokenizer, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.processors import TemplateProcessing
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
@@ -44,20 +61,18 @@ REQUIRED_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP)
 VOCAB_FILE = "vocab.txt"
 Flavor = Literal["hf", "umt"]
 
-_CACHE_LIMIT = 1 << 18  # distinct raw words remembered before the cache is cleared
+
+class TokenizerNotFoundError(FileNotFoundError):
+    """No vocabulary at the given path, in the Hugging Face cache, or reachable on the Hub."""
 
 
 # ------------------------------------------------------------------------------------------ character classes (HF)
 def _is_whitespace(ch: str) -> bool:
-    if ch in (" ", "\t", "\n", "\r"):
-        return True
-    return unicodedata.category(ch) == "Zs"
+    return ch in (" ", "\t", "\n", "\r") or unicodedata.category(ch) == "Zs"
 
 
 def _is_control(ch: str) -> bool:
-    if ch in ("\t", "\n", "\r"):
-        return False
-    return unicodedata.category(ch).startswith("C")
+    return ch not in ("\t", "\n", "\r") and unicodedata.category(ch).startswith("C")
 
 
 def _is_punctuation(ch: str) -> bool:
@@ -80,63 +95,101 @@ def _is_chinese_char(cp: int) -> bool:
     )
 
 
-# ASCII control characters other than tab / newline / CR (all category Cc) and DEL
-_ASCII_DROP = {i: None for i in list(range(0, 9)) + [11, 12] + list(range(14, 32)) + [127]}
-_ASCII_DROP.update({9: " ", 10: " ", 13: " "})
-
-
-def _clean_text(text: str) -> str:
-    if text.isascii():
-        return text.translate(_ASCII_DROP)
-    out = []
-    for ch in text:
-        cp = ord(ch)
-        if cp == 0 or cp == 0xFFFD or _is_control(ch):
-            continue
-        out.append(" " if _is_whitespace(ch) else ch)
-    return "".join(out)
-
-
-def _tokenize_chinese_chars(text: str) -> str:
-    if text.isascii():
-        return text
-    out = []
-    for ch in text:
-        if _is_chinese_char(ord(ch)):
-            out.extend((" ", ch, " "))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def _lower(text: str) -> str:
-    # HF lower-cases non-special text one character at a time (re.sub over "(.+?)"); str.lower on a whole string
-    # differs only by Python's final-sigma rule.
+    # HF lower-cases non-special text one character at a time; str.lower differs only by the final-sigma rule.
     if "\u03a3" in text:
         return "".join(ch.lower() for ch in text)
     return text.lower()
 
 
-def _strip_accents(text: str) -> str:
-    if text.isascii():
-        return text
-    text = unicodedata.normalize("NFD", text)
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
+def _clean_char(ch: str, chinese: bool) -> str | None:
+    """Drop NUL, U+FFFD and control characters (C* but tab / newline / CR), whitespace -> space, CJK ideograph ->
+    `` X `` (when ``chinese``)."""
+    cp = ord(ch)
+    if cp == 0 or cp == 0xFFFD or _is_control(ch):
+        return None
+    if _is_whitespace(ch) or ch.isspace():  # str.split also splits on U+2028 / U+2029
+        return " "
+    if chinese and _is_chinese_char(cp):
+        return f" {ch} "
+    return ch
 
 
-def _split_on_punc(text: str) -> list[str]:
-    out: list[list[str]] = []
-    start_new = True
-    for ch in text:
-        if _is_punctuation(ch):
-            out.append([ch])
-            start_new = True
+def _split_char(ch: str, strip_marks: bool) -> str | None:
+    """Punctuation -> `` X `` (isolated, as HF splits it); with ``strip_marks``, drop Mn (accents after NFD)."""
+    if strip_marks and unicodedata.category(ch) == "Mn":
+        return None
+    if _is_punctuation(ch):
+        return f" {ch} "
+    return ch
+
+
+class _CharTable(dict):
+    """A ``str.translate`` table filled on first sight of each code point by ``rule(ch, flag)``; it keeps unchanged
+    code points too (a miss costs ``str.translate`` a KeyError per character)."""
+
+    def __init__(self, rule: Callable[[str, bool], str | None], flag: bool) -> None:
+        super().__init__()
+        self.rule, self.flag = rule, flag
+
+    def __missing__(self, cp: int) -> str | int | None:
+        ch = chr(cp)
+        out = self.rule(ch, self.flag)
+        self[cp] = value = cp if out == ch else out
+        return value
+
+
+_CLEAN = {flag: _CharTable(_clean_char, flag) for flag in (False, True)}
+_SPLIT = {flag: _CharTable(_split_char, flag) for flag in (False, True)}
+
+
+def _ascii_char(ch: str) -> str | None:
+    cleaned = _clean_char(ch, False)
+    return cleaned if cleaned != ch else _split_char(ch, False)
+
+
+# ASCII texts in one pass: control characters dropped, tab / newline / CR -> space, punctuation isolated
+_ASCII_MAP = {cp: cp if out == chr(cp) else out for cp in range(128) for out in [_ascii_char(chr(cp))]}
+_ASCII_CLEAN = {cp: cp if out == chr(cp) else out for cp in range(128) for out in [_clean_char(chr(cp), False)]}
+
+
+class _Normalizer:
+    """HF ``BasicTokenizer`` up to its word list, as one string: ``" ".join(words) == " ".join(out.split())``.
+
+    Every punctuation character comes out with spaces around it, so no special-token string survives in the output
+    (its ``[`` is isolated), except with ``never_split`` a whole word equal to one once cleaned (e.g.
+    ``[SE\\x00P]``): HF keeps it whole, which only happens without lower-casing (HF lower-cases before cleaning).
+    """
+
+    def __init__(self, do_lower_case: bool = True, tokenize_chinese_chars: bool = True, nfc: bool = True,
+                 never_split: bool = True) -> None:
+        self.lower = do_lower_case
+        self.never_split = never_split and not do_lower_case
+        self.nfc = nfc and not do_lower_case  # NFC then NFD = NFD: only the cased path needs it
+        self.clean = _CLEAN[tokenize_chinese_chars]
+        self.split = _SPLIT[do_lower_case]
+
+    def __call__(self, text: str) -> str:
+        if self.lower:
+            text = _lower(text)
+        if text.isascii():
+            if not self.never_split or "[" not in text:
+                return text.translate(_ASCII_MAP)
+            text = text.translate(_ASCII_CLEAN)
         else:
-            if start_new:
-                out.append([])
-            start_new = False
-            out[-1].append(ch)
-    return ["".join(x) for x in out]
+            text = text.translate(self.clean)
+            if not text.isascii():
+                if self.lower:
+                    text = unicodedata.normalize("NFD", text)
+                elif self.nfc:
+                    text = unicodedata.normalize("NFC", text)
+        if self.never_split and "[" in text:  # a word equal to a special-token string stays whole
+            return " ".join(w if w in SPECIAL_TOKENS else w.translate(self.split) for w in text.split())
+        return text.translate(self.split)
+
+    def words(self, text: str) -> list[str]:
+        """Whitespace-separated words after punctuation splitting (no special-token handling)."""
+        return self(text).split()
 
 
 # ------------------------------------------------------------------------------------------------------- vocabulary
@@ -163,10 +216,10 @@ def build_vocab(texts: Iterable[str], min_freq: int = 1, lower_case: bool = True
     """
     if min_freq < 1:
         raise ValueError(f"min_freq = {min_freq}: must be >= 1")
-    basic = _BasicTokenizer(lower_case)
+    normalize = _Normalizer(lower_case, never_split=False)
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(basic.tokenize(text))
+        counts.update(normalize.words(text))
     words = sorted((w for w, c in counts.items() if c >= min_freq and w not in SPECIAL_TOKENS),
                    key=lambda w: (-counts[w], w))
     vocab = list(SPECIAL_TOKENS) + words
@@ -180,37 +233,39 @@ def build_vocab(texts: Iterable[str], min_freq: int = 1, lower_case: bool = True
     return vocab
 
 
-class _BasicTokenizer:
-    """HF ``BasicTokenizer`` (never_split handled by the caller), with a per-word cache."""
-
-    def __init__(self, do_lower_case: bool = True, tokenize_chinese_chars: bool = True, nfc: bool = True) -> None:
-        self.do_lower_case = do_lower_case
-        self.tokenize_chinese_chars = tokenize_chinese_chars
-        self.nfc = nfc
-
-    def words(self, text: str) -> list[str]:
-        """Whitespace-separated words after (char-wise lower-casing,) cleaning, CJK spacing and (NFC)."""
-        if self.do_lower_case:
-            text = _lower(text)  # PreTrainedTokenizer.tokenize, before the BasicTokenizer
-        text = _clean_text(text)
-        if self.tokenize_chinese_chars:
-            text = _tokenize_chinese_chars(text)
-        if self.nfc and not text.isascii():
-            text = unicodedata.normalize("NFC", text)
-        return text.split()
-
-    def split_word(self, word: str) -> list[str]:
-        if self.do_lower_case:
-            word = _strip_accents(word.lower())  # already lower-cased char-wise; this mirrors BasicTokenizer
-        return [p for piece in _split_on_punc(word) for p in piece.split()]
-
-    def tokenize(self, text: str) -> list[str]:
-        return [p for w in self.words(text) for p in self.split_word(w)]
+def _hub_vocab_file(name: str, cache_dir: str | os.PathLike | None, revision: str | None,
+                    local_files_only: bool) -> str:
+    """``vocab.txt`` of Hub repo ``name``: from the local HF cache, else downloaded; fails at once when offline."""
+    hint = f"pass a local directory containing {VOCAB_FILE} (or the file itself)"
+    try:
+        import huggingface_hub as hub
+        from huggingface_hub import constants
+    except ImportError as err:  # pragma: no cover - huggingface_hub comes with tokenizers
+        raise TokenizerNotFoundError(f"tokenizer {name!r} is not a local path and huggingface_hub is not installed; "
+                                     f"{hint}") from err
+    try:
+        return hub.hf_hub_download(repo_id=name, filename=VOCAB_FILE, cache_dir=cache_dir, revision=revision,
+                                   local_files_only=True)
+    except Exception:  # not cached (or a malformed name): ask the Hub below
+        pass
+    if local_files_only or constants.HF_HUB_OFFLINE:
+        why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set"
+        raise TokenizerNotFoundError(f"tokenizer {name!r}: not a local path, not in the Hugging Face cache, and {why}; "
+                                     f"{hint}")
+    try:  # one HEAD request, not retried (huggingface_hub >= 1.0): offline fails at once, not after ~1 min of backoff
+        url = hub.hf_hub_url(repo_id=name, filename=VOCAB_FILE, revision=revision)
+        hub.get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return hub.hf_hub_download(repo_id=name, filename=VOCAB_FILE, cache_dir=cache_dir, revision=revision)
+    except Exception as err:  # offline, unknown repo, no vocab.txt in it...
+        lines = str(err).strip().splitlines()
+        reason = f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+        raise TokenizerNotFoundError(f"tokenizer {name!r}: not a local path, not in the Hugging Face cache, and "
+                                     f"{VOCAB_FILE} could not be downloaded from the Hub ({reason}); {hint}") from err
 
 
 # -------------------------------------------------------------------------------------------------------- tokenizer
 class BertWordPieceTokenizer:
-    """HF-compatible ``BertTokenizer`` (uncased by default) without transformers / tokenizers.
+    """HF-compatible ``BertTokenizer`` (uncased by default) on HF ``tokenizers``, without transformers.
 
     Args:
         vocab: token -> id (as read from ``vocab.txt``) or a token list (id = position).
@@ -248,10 +303,30 @@ class BertWordPieceTokenizer:
         self.do_lower_case = do_lower_case
         self.max_input_chars_per_word = max_input_chars_per_word
         self.model_max_length = model_max_length
-        self._basic = _BasicTokenizer(do_lower_case, tokenize_chinese_chars, nfc=flavor == "hf")
         self.special_tokens = list(SPECIAL_TOKENS)  # split out of texts even if absent from the vocab (-> [UNK])
         self._special_re = re.compile("(" + "|".join(re.escape(t) for t in self.special_tokens) + ")")
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._normalize = _Normalizer(do_lower_case, tokenize_chinese_chars, nfc=flavor == "hf")
+        self._rust = self._build_rust()
+        self._lock = threading.Lock()
+
+    def _build_rust(self) -> Tokenizer:
+        rust = Tokenizer(WordPiece(self.vocab, unk_token=UNK, max_input_chars_per_word=self.max_input_chars_per_word))
+        rust.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # the normalizer already isolated punctuation
+        rust.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                 for t in self.special_tokens if t in self.vocab])
+        template = f"{CLS} $A {SEP}" if self.append_sep else f"{CLS} $A"
+        rust.post_processor = TemplateProcessing(single=template, pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+                                                 special_tokens=[(CLS, self.vocab[CLS]), (SEP, self.vocab[SEP])])
+        return rust
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -272,8 +347,12 @@ class BertWordPieceTokenizer:
                         revision: str | None = None, local_files_only: bool = False,
                         **kwargs) -> "BertWordPieceTokenizer":
         """A local directory (with ``vocab.txt``) or vocab file if it exists, else a Hugging Face Hub repo name
-        (e.g. ``bert-base-uncased``) whose ``vocab.txt`` is fetched with ``huggingface_hub.hf_hub_download``
-        (the local HF cache is used when present)."""
+        (e.g. ``bert-base-uncased``): its ``vocab.txt`` from the local HF cache, else downloaded.
+
+        Raises:
+            TokenizerNotFoundError (a FileNotFoundError): no such path, and the vocab is neither cached nor
+                downloadable; without a network this fails at once (one request, no retries).
+        """
         path = Path(os.path.expanduser(str(name_or_path)))
         if path.is_dir():
             return cls.from_directory(path, **kwargs)
@@ -281,20 +360,9 @@ class BertWordPieceTokenizer:
             return cls.from_vocab_file(path, **kwargs)
         name = str(name_or_path)
         if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name:
-            raise FileNotFoundError(f"tokenizer path not found: {path} (a directory containing {VOCAB_FILE} or "
-                                    f"the {VOCAB_FILE} file itself)")
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError as err:  # pragma: no cover - huggingface_hub comes with datasets
-            raise OSError(f"could not download {VOCAB_FILE} of {name!r}: huggingface_hub is not installed; "
-                          f"pass a local directory containing {VOCAB_FILE}") from err
-        try:
-            file = hf_hub_download(repo_id=name, filename=VOCAB_FILE, cache_dir=cache_dir, revision=revision,
-                                   local_files_only=local_files_only)
-        except Exception as err:  # offline, unknown repo, no vocab.txt in it...
-            raise OSError(f"could not download {VOCAB_FILE} of {name!r} from the Hugging Face Hub "
-                          f"({type(err).__name__}: {err}); pass a local directory containing {VOCAB_FILE}") from err
-        return cls.from_vocab_file(file, **kwargs)
+            raise TokenizerNotFoundError(f"tokenizer path not found: {path} (a directory containing {VOCAB_FILE} "
+                                         f"or the {VOCAB_FILE} file itself)")
+        return cls.from_vocab_file(_hub_vocab_file(name, cache_dir, revision, local_files_only), **kwargs)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], min_freq: int = 1, char_pieces: bool = False,
@@ -349,72 +417,34 @@ class BertWordPieceTokenizer:
         return self.vocab.get(MASK)
 
     # ------------------------------------------------------------------------------------------- tokenization
-    def _wordpiece(self, word: str) -> list[str]:
-        if len(word) > self.max_input_chars_per_word:
-            return [UNK]
-        vocab = self.vocab
-        pieces: list[str] = []
-        start, n = 0, len(word)
-        while start < n:
-            end = n
-            cur = None
-            while start < end:
-                sub = word[start:end]
-                if start > 0:
-                    sub = "##" + sub
-                if sub in vocab:
-                    cur = sub
-                    break
-                end -= 1
-            if cur is None:
-                return [UNK]
-            pieces.append(cur)
-            start = end
-        return pieces
-
-    def _word_tokens(self, word: str) -> list[str]:
-        return [p for w in self._basic.split_word(word) for p in self._wordpiece(w)]
-
-    def _word_ids(self, word: str) -> tuple[int, ...]:
-        ids = self._cache.get(word)
-        if ids is None:
-            unk = self.vocab[UNK]
-            ids = tuple(self.vocab.get(t, unk) for t in self._word_tokens(word))
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[word] = ids
-        return ids
-
-    def _chunks(self, text: str) -> list[tuple[str, bool]]:
-        """(chunk, is_special) pieces of ``text``, special-token strings split out."""
+    def _prepare(self, text: str) -> str:
+        """``text`` as the Rust side takes it: special-token strings kept (absent from the vocab: ``[UNK]``), the
+        rest normalised with punctuation isolated."""
         if "[" not in text:
-            return [(text, False)]
-        parts = self._special_re.split(text)
-        return [(p, i % 2 == 1) for i, p in enumerate(parts) if p]
+            return self._normalize(text)
+        parts = self._special_re.split(text)  # odd positions: special-token strings
+        return " ".join((p if p in self.vocab else UNK) if i % 2 else self._normalize(p)
+                        for i, p in enumerate(parts) if p)
+
+    def _encode(self, texts: list[str], add_special_tokens: bool = True, truncate_to: int | None = None,
+                tokens: bool = False) -> list:
+        """Rust encodings of prepared texts, truncated to ``truncate_to`` ids (special tokens included) if given;
+        ``tokens``: fill ``Encoding.tokens`` (``encode_batch_fast`` leaves them empty)."""
+        with self._lock:  # truncation is a setting of the shared Rust tokenizer
+            if truncate_to is None:
+                self._rust.no_truncation()
+            else:
+                self._rust.enable_truncation(truncate_to)
+            encode = self._rust.encode_batch if tokens else self._rust.encode_batch_fast
+            return encode(texts, add_special_tokens=add_special_tokens)
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of one text, without ``[CLS]`` / ``[SEP]``."""
-        out: list[str] = []
-        for chunk, special in self._chunks(text):
-            if special:
-                out.append(chunk)
-            else:
-                for w in self._basic.words(chunk):
-                    out.extend(self._word_tokens(w))
-        return out
+        return self._encode([self._prepare(text)], add_special_tokens=False, tokens=True)[0].tokens
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of one text (``[CLS] ... [SEP]``, flavor ``"umt"``: ``[CLS] ...``), not truncated."""
-        ids: list[int] = []
-        for chunk, special in self._chunks(text):
-            if special:
-                ids.append(self.vocab.get(chunk, self.unk_token_id))
-            else:
-                for w in self._basic.words(chunk):
-                    ids.extend(self._word_ids(w))
-        if add_special_tokens:
-            return [self.cls_token_id, *ids, self.sep_token_id] if self.append_sep else [self.cls_token_id, *ids]
-        return ids
+        return self._encode([self._prepare(text)], add_special_tokens=add_special_tokens)[0].ids
 
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         unk = self.unk_token_id
@@ -468,30 +498,23 @@ class BertWordPieceTokenizer:
         n_special = 2 if self.append_sep else 1
         if max_length is not None and max_length < n_special and (truncation or padding == "max_length"):
             raise ValueError(f"max_length = {max_length}: must be >= {n_special} to hold the special tokens")
-        cls_id, sep_id, pad_id = self.cls_token_id, self.sep_token_id, self.pad_token_id
-        tail = [sep_id] if self.append_sep else []
-        rows: list[list[int]] = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is a {type(text).__name__}, not a str")
-            ids = self.encode(text, add_special_tokens=False)
-            if truncation and len(ids) > max_length - n_special:
-                ids = ids[: max_length - n_special]
-            rows.append([cls_id, *ids, *tail])
-        if not rows:
+        if not texts:
             raise ValueError("texts is empty")
-        longest = max(len(r) for r in rows)
+        encodings = self._encode([self._prepare(t) for t in texts], truncate_to=max_length if truncation else None)
+        rows = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         if padding == "max_length":
-            if longest > max_length:
-                i = next(i for i, r in enumerate(rows) if len(r) > max_length)
-                raise ValueError(f"texts[{i}] has {len(rows[i])} tokens > max_length = {max_length} and truncation "
+            if lengths.max() > max_length:  # only without truncation
+                i = int(np.argmax(lengths > max_length))
+                raise ValueError(f"texts[{i}] has {lengths[i]} tokens > max_length = {max_length} and truncation "
                                  "is off: rows cannot be stacked")
             width = max_length
         else:
-            width = longest
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            attention_mask[i, : len(r)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+            width = int(lengths.max())
+        mask = np.arange(width) < lengths[:, None]  # (B, L)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        input_ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
