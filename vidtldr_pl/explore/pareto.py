@@ -1,0 +1,72 @@
+"""Pareto fronts of (cost, quality) points and the accuracy-vs-GFLOPs plot (matplotlib, PNG + SVG)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (lower-or-equal cost AND higher-or-equal quality, one of them
+    strictly), sorted by cost (equal points all kept). points: (cost, quality)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front: list[int] = []
+    best = float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+        elif front and points[i] == points[front[-1]]:  # an equal point is not dominated either
+            front.append(i)
+    return front
+
+
+def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out_stem: str | Path, title: str = "",
+                metric_label: str | None = None) -> list[Path]:
+    """Two panels: ``metric`` vs GFLOPs per method with the Pareto front over all points, and the measured
+    throughput (``videos_per_s``) vs GFLOPs. Writes ``<out_stem>.png`` and ``.svg``; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(float(r["gflops"]), float(r[metric])) for r in rows]
+    front = pareto_front(points)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = "o^sDvP*Xh<>"
+    for k, method in enumerate(methods):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["gflops"])
+        xs, ys = [r["gflops"] for r in mine], [r[metric] for r in mine]
+        style = dict(marker=markers[k % len(markers)], label=method, alpha=0.85)
+        if len(mine) == 1:
+            ax.scatter(xs, ys, s=80, zorder=3, **style)
+        else:
+            ax.plot(xs, ys, "-", ms=6, lw=1.2, **style)
+        speeds = [r.get("videos_per_s") for r in mine]
+        if any(isinstance(s, (int, float)) for s in speeds):
+            ax2.plot(xs, [s if isinstance(s, (int, float)) else float("nan") for s in speeds], "-",
+                     marker=markers[k % len(markers)], ms=5, lw=1, label=method, alpha=0.85)
+    fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
+    ax.step(fx, fy, where="post", color="black", lw=2, alpha=0.35, label="Pareto front", zorder=1)
+    ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", lw=1.2, zorder=4)
+    ax.set_xlabel("vision encoder GFLOPs per video")
+    ax.set_ylabel(metric_label or metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric_label or metric} vs GFLOPs")
+    ax2.set_xlabel("vision encoder GFLOPs per video")
+    ax2.set_ylabel("measured videos/s (vision encoder)")
+    ax2.grid(alpha=0.3)
+    ax2.set_title("measured throughput")
+    fig.tight_layout()
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+__all__ = ["pareto_front", "plot_pareto"]

@@ -1,0 +1,186 @@
+"""Method x schedule sweep in one run: ``python -m vidtldr_pl.sweep --config configs/demo_umt.yaml
+--methods none,tome,vidtldr,random_drop --schedules "front:24,48,72,96" --out DIR``.
+
+Every clip of the split is decoded once (``CachedEvalDataModule``) and the captions are encoded once (the task's
+text cache); every (method, schedule) point then runs on the kept tensors. Writes ``sweep.json`` (rows, decode
+count, timings), ``sweep.md`` (a table) and ``pareto.png`` / ``pareto.svg`` (metric vs GFLOPs with the Pareto front,
+measured throughput beside). Schedules: ``--schedules`` (explicit lists or families, see
+``vidtldr_pl.explore.families``) and / or ``--budgets-gflops 1.2,1.4 --family front`` (each method's family
+amplitude fitted to each budget). Any other option goes to the config (``--data.init_args.num_test=100``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .explore import CachedEvalDataModule, parse_schedules
+from .explore.families import family_schedule, fit_amplitude
+from .explore.flops_cost import FlopsCost
+from .explore.pareto import pareto_front, plot_pareto
+from .merging import METHODS, MergeSetting
+
+log = logging.getLogger("vidtldr_pl.sweep")
+METRICS = (("itm/img_r1", "t2v R@1"), ("top1", "top-1"), ("acc", "accuracy"), ("itc/img_r1", "t2v R@1 (ITC)"))
+
+
+def metric_of(row: dict[str, Any], wanted: str | None = None) -> tuple[str, str]:
+    """(key, label) of the quality metric of a results row: ``wanted`` or the first known one present."""
+    if wanted:
+        if wanted not in row:
+            raise ValueError(f"--metric {wanted!r} is not in the results (have {sorted(k for k in row if '/' in k or k.startswith('top'))})")
+        return wanted, dict(METRICS).get(wanted, wanted)
+    for key, label in METRICS:
+        if isinstance(row.get(key), (int, float)):
+            return key, label
+    raise ValueError(f"no known metric in the results row: {sorted(row)}")
+
+
+def check_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m != "none" and m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods {text!r}: unknown {unknown}; choose from {['none', *METHODS]}")
+    return methods
+
+
+def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], cost: FlopsCost,
+                   budgets: list[float] = (), family: str = "front") -> list[tuple[MergeSetting, str]]:
+    """(setting, schedule label) for "none" once, then every schedule for every method (schedule-major, so that a
+    sweep stopped early still compares all methods), then every budget for every method (the family's amplitude
+    fitted to the budget with that method's own FLOPs)."""
+    out: list[tuple[MergeSetting, str]] = []
+    if "none" in methods:
+        out.append((MergeSetting(method="none", name="none"), "-"))
+    merging = [m for m in methods if m != "none"]
+    for label, schedule in schedules:
+        for method in merging:
+            out.append((MergeSetting(method=method, r=schedule, name=f"{method} {label}"), label))
+    for budget in budgets:
+        for method in merging:
+            r, schedule, g = fit_amplitude(lambda a: family_schedule(family, a, cost.depth),
+                                           lambda s: cost(method, s), budget, cost.num_tokens // 2)
+            label = f"{family}:{r} (<= {budget:g} GFLOPs)"
+            out.append((MergeSetting(method=method, r=schedule, name=f"{method} {label}"), label))
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]], metric: str, label: str) -> str:
+    """One line per point: method, schedule, metric, GFLOPs, tokens after the last block, videos/s, Pareto mark."""
+    front = set(pareto_front([(r["gflops"], r[metric]) for r in rows]))
+    lines = [f"| method | schedule | {label} | GFLOPs | tokens at the end | videos/s | Pareto |",
+             "|---|---|---:|---:|---:|---:|:-:|"]
+    for i, r in enumerate(rows):
+        tokens = r.get("tokens_per_layer") or ["-"]
+        speed = r.get("videos_per_s")
+        lines.append(f"| {r['method']} | {r.get('schedule_label', '-')} | {r[metric]:.2f} | {r['gflops']:.3f} | "
+                     f"{tokens[-1]} | {speed:.1f} | {'*' if i in front else ''} |" if isinstance(speed, (int, float))
+                     else f"| {r['method']} | {r.get('schedule_label', '-')} | {r[metric]:.2f} | {r['gflops']:.3f} | "
+                     f"{tokens[-1]} | - | {'*' if i in front else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def quiet_config(argv: list[str]) -> list[str]:
+    """No per-batch progress bar for the many evaluations (each point prints one line) unless argv sets one."""
+    if any(a.startswith("--trainer.enable_progress_bar") for a in argv):
+        return argv
+    return [*argv, "--trainer.enable_progress_bar=false"]
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m vidtldr_pl.sweep", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False)
+    p.add_argument("--methods", default="none,tome,vidtldr,random_drop,saliency_drop",
+                   help=f"comma-separated methods: none and any of {list(METHODS)}")
+    p.add_argument("--schedules", default="front:24,48,72,96,120,144",
+                   help='";"-separated explicit lists ([72,36,18]) or families (front:24,48 constant:8 delayed:24@2)')
+    p.add_argument("--budgets-gflops", default="", help="comma-separated GFLOPs budgets; each method's --family "
+                   "amplitude is fitted to each")
+    p.add_argument("--family", default="front", help="family for --budgets-gflops (front, constant, delayed)")
+    p.add_argument("--split", default="test", choices=("test", "validate"))
+    p.add_argument("--metric", default=None, help="results key to plot (default: t2v R@1 / top-1)")
+    p.add_argument("--out", required=True, help="output folder")
+    return p.parse_known_args(argv)
+
+
+def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
+    """Build the config's model / data / trainer, decode the split once, evaluate every point; write the outputs."""
+    from .cli import _plain, build_cli, resolve_config_args
+    from .compare import evaluate_runs, print_results, write_results
+
+    t_start = time.perf_counter()
+    methods = check_methods(args.methods)
+    cli = build_cli(quiet_config(resolve_config_args(config_argv)), "evaluate")
+    model, trainer = cli.model, cli.trainer
+    cost = FlopsCost(model)
+    schedules = parse_schedules(args.schedules, cost.depth) if args.schedules.strip() else []
+    budgets = [float(b) for b in args.budgets_gflops.split(",") if b.strip()]
+    settings = build_settings(methods, schedules, cost, budgets, args.family)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = CachedEvalDataModule(cli.datamodule)
+    split = args.split
+    print(f"sweep: {len(settings)} points ({', '.join(methods)}) on the {split} split -> {out}", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {"split": split, "points": len(settings)}
+    for k, (setting, label) in enumerate(settings):
+        t0 = time.perf_counter()
+        row = evaluate_runs(trainer, model, data, [setting], split)[0]
+        row.update(schedule_label=label, method=setting.method, name=setting.label, r=setting.r,
+                   seconds=round(time.perf_counter() - t0, 2))
+        rows.append(row)
+        key, metric_label = metric_of(row, args.metric)
+        print(f"[{k + 1}/{len(settings)}] {setting.label}: {metric_label} {row[key]:.2f}, {row['gflops']:.3f} GFLOPs, "
+              f"{row.get('videos_per_s') or 0:.1f} videos/s ({row['seconds']:.0f} s); clips decoded so far: "
+              f"{data.decoded.get(split, 0)}", flush=True)
+        meta.update(decoded_clips=data.decoded.get(split, 0), evaluations=data.loads.get(split, 0),
+                    seconds=round(time.perf_counter() - t_start, 1))
+        write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
+
+    key, metric_label = metric_of(rows[0], args.metric)
+    clips = data.decoded.get(split, 0)
+    expected = _split_size(cli.datamodule, split)
+    print(f"decoded {clips} clips for {len(rows)} evaluations of the {split} split"
+          + (f" ({expected} clips in the split: each decoded once)" if expected is not None else ""), flush=True)
+    meta.update(decoded_clips=clips, split_clips=expected, seconds=round(time.perf_counter() - t_start, 1),
+                metric=key)
+    write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
+    (out / "sweep.md").write_text(markdown_table(rows, key, metric_label))
+    plot_pareto(rows, key, out / "pareto", title=f"{metric_label} vs GFLOPs ({split} split, {clips} clips)",
+                metric_label=metric_label)
+    if trainer.is_global_zero:
+        print_results(rows, f"sweep on the {split} split")
+    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'pareto.png'}, {out / 'pareto.svg'} "
+          f"in {meta['seconds']:.0f} s", flush=True)
+    return {"rows": rows, **meta}
+
+
+def _split_size(datamodule: Any, split: str) -> int | None:
+    """Clips in the split when the DataModule says (retrieval: num_videos of the split's index)."""
+    index = getattr(datamodule, "index", None)
+    if callable(index):
+        try:
+            return len(index(split).videos)
+        except Exception:  # noqa: BLE001 - a DataModule without indices
+            return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_sweep(args, rest)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
