@@ -66,7 +66,7 @@ def register_model(name: str, loader: Loader | None = None, **cfg: Any) -> Calla
 
 
 def _ensure_backbones() -> None:
-    from . import umt, videomae  # noqa: F401  (registration side effects)
+    from . import umt, videomae, vificlip  # noqa: F401  (registration side effects)
 
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:

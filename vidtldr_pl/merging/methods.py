@@ -125,6 +125,10 @@ class VidTLDR(MergeMethod):
     at the price of running this block's MLP on the r merged tokens too. Why "attn" by default: the paper measures
     across the MLP (its Fig. 2), and vid-TLDR merges before the MLP; handing the last MLP's shift to the next merge
     keeps both, at ToMe's token counts per block.
+    prefix_in_saliency: whether the protected prefix tokens (a CLS) enter the saliency. True (default): the
+    official computation over all tokens (the CLS row joins the min-max / mean, the CLS column every entropy).
+    False: the saliency of the patch tokens alone (attention renormalised over patch keys; the CLS gets 0 and is
+    never a source anyway). No effect without prefix tokens (UMT, VideoMAE).
     """
 
     name = "vidtldr"
@@ -133,8 +137,10 @@ class VidTLDR(MergeMethod):
     def __init__(
         self, proportional_attention: bool = True, protected: int = 0, chunk_size: int = 512,
         saliency_backend: str = "auto", saliency: str = "entropy", position: str = "attn",
+        prefix_in_saliency: bool = True,
     ) -> None:
         super().__init__(proportional_attention, protected)
+        self.prefix_in_saliency = prefix_in_saliency
         if chunk_size < 1:
             raise ValueError(f"vid-TLDR chunk_size must be a positive number of queries, got {chunk_size}")
         if saliency not in self.SALIENCIES:
@@ -151,18 +157,35 @@ class VidTLDR(MergeMethod):
 
     def token_saliency(self, attn: AttentionInfo | None, state: MergeState | None) -> Tensor:
         """(B, N, 1) saliency in [0, 1] of the tokens at the merge slot."""
+        p = 0 if self.prefix_in_saliency else self.protected
         if self.saliency == "repshift":
             with torch.no_grad():
-                return sharpen(self.shift_of(state))
+                shift = self.shift_of(state)
+                return _pad_prefix(sharpen(shift[:, p:]), p)
         if attn is None:
             raise ValueError("vid-TLDR needs the block's attention (AttentionInfo)")
-        return vidtldr_saliency(attn, self.chunk_size, self.saliency_backend)
+        if p:
+            attn = _without_prefix(attn, p)
+        return _pad_prefix(vidtldr_saliency(attn, self.chunk_size, self.saliency_backend), p)
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
         saliency = self.token_saliency(attn, state)
         plan = bipartite_soft_matching(x, r, protected=self.protected, sort_unmerged=True, affine_scores=True)
         plan.src_weight = even_gather(saliency, plan.src_idx)
         return plan
+
+
+def _without_prefix(attn: AttentionInfo, p: int) -> AttentionInfo:
+    """The attention among tokens p.. only: probs (B, H, N, N) -> renormalised (B, H, N-p, N-p); q / k sliced."""
+    if attn.probs is not None:
+        probs = attn.probs[..., p:, p:]
+        return AttentionInfo(probs=probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12))
+    return AttentionInfo(q=attn.q[:, :, p:], k=attn.k[:, :, p:])
+
+
+def _pad_prefix(saliency: Tensor, p: int) -> Tensor:
+    """(B, N-p, 1) -> (B, N, 1) with saliency 0 for the p prefix tokens."""
+    return torch.cat([saliency.new_zeros(saliency.shape[0], p, 1), saliency], dim=1) if p else saliency
 
 
 class VidTLDRRepShift(VidTLDR):
