@@ -1,0 +1,89 @@
+"""Zero-shot classification: per split and the mean over 3 splits equal a brute-force loop (one view, one prompt
+at a time); 1 vs 2 processes identical; prompts encoded once per class list."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from classification_data import one_thread
+from zero_shot_data import CLASS_NAMES, SPLITS, bruteforce, datamodule, make_trainer, save_model, task, write_splits
+
+from vidtldr_pl.callbacks import TokenMerging
+from vidtldr_pl.tasks.classification import topk_accuracy
+from vidtldr_pl.tasks.zero_shot import ZeroShotClassificationTask, evaluate_splits
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = write_splits(tmp_path_factory.mktemp("zs"))
+    save_model(root / "tiny.safetensors")
+    return root
+
+
+def test_three_splits_equal_bruteforce(data):
+    t = task(data / "tiny.safetensors")
+    calls = []
+    original = t.model.set_class_names
+    t.model.set_class_names = lambda *a, **k: calls.append(1) or original(*a, **k)
+    dms = {s: datamodule(data, s) for s in SPLITS}
+    scores = {}
+
+    def trainer():
+        return make_trainer()
+
+    out = {"splits": {}}
+    for name, dm in dms.items():  # per split, keeping each split's scores for the comparison
+        out["splits"][name] = evaluate_splits(t, {name: dm}, trainer)["splits"][name]
+        scores[name] = t.scores.clone()
+    summary = evaluate_splits(t, dms, trainer)
+    assert len(calls) == 1  # the same class list: prompts encoded once
+    top1 = []
+    for name, dm in dms.items():
+        ref, labels = bruteforce(data / "tiny.safetensors", dm)
+        # float32 logits at scale exp(logit_scale) = 100, batched vs one by one: ~1e-5 apart
+        np.testing.assert_allclose(scores[name].numpy(), ref.numpy(), rtol=0, atol=2e-5)
+        expected = (topk_accuracy(ref, labels, 1), topk_accuracy(ref, labels, 5))
+        got = summary["splits"][name]
+        assert (got["top1"], got["top5"]) == pytest.approx(expected, abs=1e-9)
+        assert got["num_videos"] == len(SPLITS[name]) and got["num_views"] == 1
+        top1.append(expected[0])
+    assert summary["num_splits"] == 3 and summary["top1"] == pytest.approx(sum(top1) / 3, abs=1e-9)
+
+
+def test_two_processes_equal_one_process(data, tmp_path):
+    out = tmp_path / "ddp.json"
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_zero_shot_script.py"), str(out), str(data),
+                           str(data / "tiny.safetensors")], cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ddp = json.loads(out.read_text())
+    assert ddp["world_size"] == 2
+    t = task(data / "tiny.safetensors")
+    for split in SPLITS:
+        make_trainer([TokenMerging("vidtldr", r=[4, 2])]).test(t, datamodule=datamodule(data, split), verbose=False)
+        np.testing.assert_allclose(np.asarray(ddp["scores"][split]), t.scores.numpy(), rtol=0, atol=1e-6)
+        for key in ("top1", "top5", "num_videos", "num_views", "tokens_per_layer"):
+            assert ddp["results"][split][key] == t.results[key], (split, key)
+        assert t.results["tokens_per_layer"] == [13, 11, 11]  # per frame: 17 -> 13 -> 11 (r = [4, 2]), CLS kept
+
+
+def test_class_names_required_and_template_checked(data):
+    with pytest.raises(ValueError, match="prompt_template"):
+        ZeroShotClassificationTask(model="vificlip_tiny", prompt_template="no slot")
+    with pytest.raises(ValueError, match="dual encoder"):
+        ZeroShotClassificationTask(model="videomae_tiny")
+    t = ZeroShotClassificationTask(model="vificlip_tiny", class_names=CLASS_NAMES[:3])
+    assert t.class_names() == CLASS_NAMES[:3]
+    assert torch.equal(t.model.set_class_names(CLASS_NAMES[:3]), t.model.class_features)

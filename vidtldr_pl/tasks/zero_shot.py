@@ -1,0 +1,96 @@
+"""Zero-shot video classification with a dual encoder (ViFi-CLIP): class-name prompts against video embeddings.
+
+The class prompts ("a photo of a {class}." by default) are encoded once per class list (at the start of an
+evaluation epoch, from ``class_names`` or the DataModule's ``class_names``) and kept in the model; each view's
+logits are exp(logit_scale) x cosine(video, prompt); scoring is ClassificationTask's (softmax per view, gathered
+across processes before scoring, mean over a video's views, top-1 / top-5), so the result does not depend on the
+number of processes. ``evaluate_splits`` runs one evaluation per split (UCF101 / HMDB51: the 3 official splits;
+K600: the 3 novel-class splits) and reports each split and their mean, as ViFi-CLIP's zero-shot tables do.
+
+Protocol (ViFi-CLIP ``configs/zero_shot/eval``): 32 frames, one per segment at the segment middle (TSN test mode),
+one view (1 clip x 1 crop), ImageNet mean / std.
+
+YAML::
+
+    model:
+      class_path: vidtldr_pl.tasks.ZeroShotClassificationTask
+      init_args: {model: vificlip_b16, checkpoint: vificlip_k400_32f.safetensors,
+                  model_overrides: {clip_checkpoint: ViT-B-16.pt}}
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import nn
+
+from .classification import ClassificationTask
+
+PROMPT_TEMPLATE = "a photo of a {}."
+
+
+class ZeroShotClassificationTask(ClassificationTask):
+    """Evaluation-only classification by class-name prompts.
+
+    Args:
+        model: a registered dual encoder (``vificlip_b16``, ``vificlip_tiny``) or an object with
+            ``set_class_names(names, template)`` and ``forward(video (B, 3, T, H, W)) -> logits (B, K)``.
+        checkpoint / model_overrides: as ClassificationTask (``clip_checkpoint`` names the CLIP file the token
+            embedding comes from when the checkpoint is a ViFi-CLIP file).
+        class_names: the class names (default: the DataModule's ``class_names``); "_" reads as a space.
+        prompt_template: the prompt, ``{}`` the class name (ViFi-CLIP: "a photo of a {}.").
+        gather_chunk: rows per process per collective when gathering the per-view probabilities.
+    """
+
+    def __init__(self, model: str | nn.Module = "vificlip_b16", checkpoint: str | None = None,
+                 model_overrides: dict | None = None, class_names: list[str] | None = None,
+                 prompt_template: str = PROMPT_TEMPLATE, gather_chunk: int = 4096) -> None:
+        if "{}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain {{}} for the class name, got {prompt_template!r}")
+        super().__init__(model=model, checkpoint=checkpoint, model_overrides=model_overrides, gather_chunk=gather_chunk)
+        if not hasattr(self.model, "set_class_names"):
+            raise ValueError(f"{type(self.model).__name__} has no set_class_names: zero-shot needs a dual encoder")
+        self.save_hyperparameters({"class_names": class_names, "prompt_template": prompt_template})
+
+    def class_names(self) -> list[str]:
+        names = self.hparams.class_names
+        if names is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            names = getattr(dm, "class_names", None)
+        if not names:
+            raise ValueError("zero-shot classification needs class names: set class_names or use a DataModule with them")
+        return list(names)
+
+    def _encode_prompts(self) -> None:
+        names = self.class_names()
+        if getattr(self.model, "class_names", None) != names:
+            self.model.set_class_names(names, self.hparams.prompt_template)
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._encode_prompts()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._encode_prompts()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        raise RuntimeError("ZeroShotClassificationTask evaluates only (fine-tune the dual encoder elsewhere)")
+
+
+def evaluate_splits(task: ZeroShotClassificationTask, datamodules: Mapping[str, pl.LightningDataModule],
+                    make_trainer: Callable[[], pl.Trainer]) -> dict[str, Any]:
+    """Test ``task`` on each split's DataModule (a fresh trainer each) -> {"splits": {name: results}, "top1" / "top5":
+    the mean over the splits, "num_splits"}."""
+    if not datamodules:
+        raise ValueError("evaluate_splits needs at least one split")
+    per_split: dict[str, dict[str, Any]] = {}
+    for name, dm in datamodules.items():
+        make_trainer().test(task, datamodule=dm, verbose=False)
+        per_split[name] = dict(task.results)
+    mean = {k: sum(r[k] for r in per_split.values()) / len(per_split) for k in ("top1", "top5")}
+    return {"splits": per_split, **mean, "num_splits": len(per_split)}
+
+
+__all__ = ["PROMPT_TEMPLATE", "ZeroShotClassificationTask", "evaluate_splits"]
