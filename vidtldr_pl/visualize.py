@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                                 allow_abbrev=False)
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", default="vidtldr", help="a method with a token saliency (vidtldr, vidtldr_repshift, "
-                   "saliency_drop)")
+    p.add_argument("--method", default="vidtldr", help="a method with a token saliency (vidtldr, vidtldr_repshift)")
     p.add_argument("--r", default=None, help="r schedule (default: the config's compare row for the method)")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not Path(args.video).is_file():

@@ -17,7 +17,8 @@ class MergeMaps:
     saliency: (L, T', h, w) the method's token saliency in [0, 1] at each of the L merging blocks, spread over the
         patches each token holds (a token's score on all its patches); background: (T', h, w) bool, patches whose
         saliency is 0 at the first merging block (vid-TLDR's background mask); groups: (T', h, w) long, the final
-        token each patch ended in; group_size: (T', h, w) patches in that token; share: (L, T') each frame's share
+        token each patch ended in (-1: no token holds it with a weight above 0: merged with saliency weight 0, or
+        dropped); group_size: (T', h, w) patches in that token (0 for -1); share: (L, T') each frame's share
         of the saliency (the paper's Fig. 5); layers: the block index of each saliency map; tokens_per_layer.
     """
 
@@ -59,13 +60,13 @@ def patch_values(values: Tensor, source: Tensor | None) -> Tensor:
 
 @torch.no_grad()
 def merge_maps(encoder: nn.Module, video: Tensor) -> MergeMaps:
-    """encoder: a patched mergeable encoder (``apply_merge``) whose method has ``token_saliency`` (vid-TLDR,
-    saliency_drop); video: (1, 3, T, H, W) as the encoder takes it. Runs one forward with source tracing."""
+    """encoder: a patched mergeable encoder (``apply_merge``) whose method has ``token_saliency`` (vid-TLDR
+    with either saliency); video: (1, 3, T, H, W) as the encoder takes it. Runs one forward with source tracing."""
     settings = encoder.merge_settings
     method = settings.method
     if method is None or not hasattr(method, "token_saliency"):
         raise ValueError(f"the encoder's merge method {type(method).__name__} has no token saliency to show "
-                         "(use vidtldr, vidtldr_repshift or saliency_drop)")
+                         "(use vidtldr or vidtldr_repshift)")
     if video.ndim != 5 or video.shape[0] != 1:
         raise ValueError(f"video must be (1, 3, T, H, W), got {tuple(video.shape)}")
     cfg = encoder.cfg
@@ -87,9 +88,10 @@ def merge_maps(encoder: nn.Module, video: Tensor) -> MergeMaps:
     background = saliency[0] == 0
     source = state.source[0]  # (N', N0)
     patches = source[:, prefix:] if source.shape[1] > grid[0] * grid[1] * grid[2] else source
-    groups = patches.argmax(dim=0)
+    held = patches.amax(dim=0) > 0  # patches merged with weight 0 (vid-TLDR's background) or dropped: none
     sizes = (patches > 0).sum(dim=1)
-    group_size = sizes[groups]
+    groups = torch.where(held, patches.argmax(dim=0), -1)
+    group_size = torch.where(held, sizes[groups.clamp_min(0)], 0)
     mass = saliency.flatten(2).sum(-1)  # (L, T')
     share = mass / mass.sum(-1, keepdim=True).clamp_min(1e-12)
     return MergeMaps(saliency, background, groups.reshape(grid), group_size.reshape(grid), share, layers,

@@ -18,12 +18,13 @@ def _upsample(grid: Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def group_colours(maps: MergeMaps, seed: int = 0) -> np.ndarray:
-    """(T, h, w, 4) RGBA: patches merged into a token of 2+ patches get that token's colour, others transparent."""
+    """(T, h, w, 4) RGBA: patches merged into a token of 2+ patches get that token's colour; others (single
+    patches, patches no token holds) transparent."""
     rng = np.random.default_rng(seed)
     groups = maps.groups.numpy()
     palette = rng.uniform(0.15, 1.0, size=(int(groups.max()) + 1, 3))
     rgba = np.zeros((*groups.shape, 4))
-    rgba[..., :3] = palette[groups]
+    rgba[..., :3] = palette[np.maximum(groups, 0)]
     rgba[..., 3] = np.where(maps.group_size.numpy() > 1, 0.75, 0.0)
     return rgba
 
