@@ -60,6 +60,9 @@ def test_three_splits_equal_bruteforce(data):
         assert (got["top1"], got["top5"]) == pytest.approx(expected, abs=1e-9)
         assert got["num_videos"] == len(SPLITS[name]) and got["num_views"] == 1
         top1.append(expected[0])
+    # the view is the segment middles: int(tick / 2 + tick * i) of each video's frames
+    frames = datamodule(data, "split1").protocol.frames(20, "val")
+    assert frames == [int(5 / 2 + 5 * i) for i in range(4)]
     assert summary["num_splits"] == 3 and summary["top1"] == pytest.approx(sum(top1) / 3, abs=1e-9)
 
 
@@ -72,7 +75,7 @@ def test_two_processes_equal_one_process(data, tmp_path):
     assert ddp["world_size"] == 2
     t = task(data / "tiny.safetensors")
     for split in SPLITS:
-        make_trainer([TokenMerging("vidtldr", r=[4, 2])]).test(t, datamodule=datamodule(data, split), verbose=False)
+        make_trainer([TokenMerging("vidtldr", r=[4, 2])]).validate(t, datamodule=datamodule(data, split), verbose=False)
         np.testing.assert_allclose(np.asarray(ddp["scores"][split]), t.scores.numpy(), rtol=0, atol=1e-6)
         for key in ("top1", "top5", "num_videos", "num_views", "tokens_per_layer"):
             assert ddp["results"][split][key] == t.results[key], (split, key)

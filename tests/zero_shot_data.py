@@ -36,11 +36,12 @@ def save_model(path: Path) -> Path:
 
 
 def datamodule(root: Path, split: str) -> VideoClassificationDataModule:
-    """ViFi-CLIP's zero-shot view at the tiny size: one frame per segment (segment middles), 1 clip x 1 crop."""
+    """ViFi-CLIP's zero-shot view at the tiny size: one frame per segment, the segment middles (validate stage,
+    val_views single), one centre crop."""
     return VideoClassificationDataModule(
         test=str(root / f"{split}.txt"), video_root=str(root / "videos"), class_names=CLASS_NAMES,
-        protocol="segment", num_frames=FRAMES, test_clips=1, test_crops=1, img_size=IMG, eval_batch_size=3,
-        num_workers=0, decode_threads=1)
+        protocol="segment", num_frames=FRAMES, val_views="single", test_clips=1, test_crops=1, img_size=IMG,
+        eval_batch_size=3, num_workers=0, decode_threads=1)
 
 
 def task(checkpoint: Path) -> ZeroShotClassificationTask:
@@ -49,22 +50,23 @@ def task(checkpoint: Path) -> ZeroShotClassificationTask:
 
 
 @torch.no_grad()
-def bruteforce(checkpoint: Path, dm: VideoClassificationDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+def bruteforce(checkpoint: Path, dm: VideoClassificationDataModule, stage: str = "validate"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-video mean over views of softmax(scale x cos), one view and one prompt at a time: (scores, labels)."""
     from vidtldr_pl.text.clip_tokenizer import clip_tokenize
 
     model = create_model("vificlip_tiny", checkpoint=str(checkpoint), num_frames=FRAMES).eval()
     prompts = torch.stack([model.encode_text(clip_tokenize(f"a photo of a {n.replace('_', ' ')}.", 16))[0]
                            for n in CLASS_NAMES])
-    dataset, scores = dm.dataset("test"), []
-    for v in range(dm.num_videos("test")):
+    dataset, scores = dm.dataset(stage), []
+    for v in range(dm.num_videos(stage)):
         probs = []
-        for view in range(dm.num_views("test")):
+        for view in range(dm.num_views(stage)):
             x = dataset.view(v, view).permute(1, 0, 2, 3)[None]  # (1, 3, T, H, W)
             logits = model.logit_scale.exp() * model.encode_video(x) @ prompts.t()
             probs.append(logits.double().softmax(-1)[0])
         scores.append(torch.stack(probs).mean(0))
-    return torch.stack(scores), torch.tensor(dm.split("test").labels)
+    return torch.stack(scores), torch.tensor(dm.split(stage).labels)
 
 
 __all__ = ["CLASS_NAMES", "SPLITS", "bruteforce", "datamodule", "make_trainer", "save_model", "task", "write_splits"]

@@ -8,7 +8,10 @@ number of processes. ``evaluate_splits`` runs one evaluation per split (UCF101 /
 K600: the 3 novel-class splits) and reports each split and their mean, as ViFi-CLIP's zero-shot tables do.
 
 Protocol (ViFi-CLIP ``configs/zero_shot/eval``): 32 frames, one per segment at the segment middle (TSN test mode),
-one view (1 clip x 1 crop), ImageNet mean / std.
+one view (1 clip x 1 crop), ImageNet mean / std. With the classification DataModules that is the "validate" stage
+with ``protocol: segment, num_frames: 32, val_views: single`` (the configs set ``split: validate``); their test
+stage's single segment view would be the segment starts. Spatially the DataModules resize the short side to
+``img_size`` and centre-crop ``img_size`` (ViFi-CLIP: short side 256, crop 224).
 
 YAML::
 
@@ -80,14 +83,20 @@ class ZeroShotClassificationTask(ClassificationTask):
 
 
 def evaluate_splits(task: ZeroShotClassificationTask, datamodules: Mapping[str, pl.LightningDataModule],
-                    make_trainer: Callable[[], pl.Trainer]) -> dict[str, Any]:
-    """Test ``task`` on each split's DataModule (a fresh trainer each) -> {"splits": {name: results}, "top1" / "top5":
-    the mean over the splits, "num_splits"}."""
+                    make_trainer: Callable[[], pl.Trainer], stage: str = "validate") -> dict[str, Any]:
+    """Evaluate ``task`` on each split's DataModule (a fresh trainer each) -> {"splits": {name: results}, "top1" /
+    "top5": the mean over the splits, "num_splits"}.
+
+    stage: "validate" (default: with ``val_views: single`` the classification DataModules give the one TSN view,
+    the segment middles and a centre crop, which is ViFi-CLIP's zero-shot view) or "test" (the DataModule's test
+    views; with the segment protocol its single temporal view is the segment STARTS)."""
     if not datamodules:
         raise ValueError("evaluate_splits needs at least one split")
+    if stage not in ("validate", "test"):
+        raise ValueError(f"stage must be 'validate' or 'test', got {stage!r}")
     per_split: dict[str, dict[str, Any]] = {}
     for name, dm in datamodules.items():
-        make_trainer().test(task, datamodule=dm, verbose=False)
+        getattr(make_trainer(), stage)(task, datamodule=dm, verbose=False)
         per_split[name] = dict(task.results)
     mean = {k: sum(r[k] for r in per_split.values()) / len(per_split) for k in ("top1", "top5")}
     return {"splits": per_split, **mean, "num_splits": len(per_split)}
