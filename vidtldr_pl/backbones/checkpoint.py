@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,8 +139,10 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str = "
     return report
 
 
-def convert(src: str, dst: str, trust: bool = False) -> None:
-    """Rewrite a checkpoint's tensors as safetensors (no layout change). ``trust`` allows full unpickling of src."""
+def convert(src: str, dst: str, trust: bool = False,
+            layout: Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], str]] | None = None) -> None:
+    """Rewrite a checkpoint's tensors as safetensors. ``trust`` allows full unpickling of src (only for files you
+    trust); ``layout`` maps the state onto a backbone's layout and returns (state, a note for the summary line)."""
     from safetensors.torch import save_file
 
     if trust:
@@ -148,21 +150,25 @@ def convert(src: str, dst: str, trust: bool = False) -> None:
         state = _unwrap(obj, Path(src))
     else:
         state = read_state_dict(src)
+    note = ""
+    if layout is not None:
+        state, note = layout(state)
     save_file({k: v.contiguous() for k, v in state.items()}, dst)
-    print(f"wrote {len(state)} tensors to {dst}")
+    print(f"wrote {len(state)} tensors to {dst}{note}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, layout: Callable | None = None,
+         description: str = "Extract a checkpoint's tensors into a safetensors file.") -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Extract a checkpoint's tensors into a safetensors file.")
+    parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert")
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--trust", action="store_true", help="unpickle arbitrary objects in SRC (only for files you trust)")
     args = parser.parse_args(argv)
-    convert(args.src, args.dst, args.trust)
+    convert(args.src, args.dst, args.trust, layout)
 
 
 if __name__ == "__main__":
