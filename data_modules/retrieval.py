@@ -84,7 +84,8 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
     Args:
         test_annotation / val_annotation / train_annotation: annotation files (val falls back to test).
         video_root: folder the annotation's video paths are relative to.
-        tokenizer: a directory with vocab.txt or a hub name (bert-base-uncased for UMT-B, bert-large-uncased for L).
+        tokenizer: a directory with vocab.txt or a hub name (bert-base-uncased for UMT-B, bert-large-uncased for L),
+            or "clip" (CLIP's BPE, for vificlip_*).
         tokenizer_flavor: "umt" (official: [CLS] text, no [SEP]) or "hf".
         max_txt_len: caption length in tokens. paragraph: join all captions of a video (ActivityNet, DiDeMo).
         has_multi_vision_gt: one caption matches several videos (SSv2). trimmed30: first 30 s only (DiDeMo).
@@ -146,6 +147,10 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
 
     @property
     def tokenizer(self) -> BertWordPieceTokenizer:
+        if self._tokenizer is None and self.hparams.tokenizer == "clip":  # CLIP's BPE (ViFi-CLIP; the vificlip extra)
+            from vidtldr_pl.text.clip_tokenizer import CLIPTokenizer
+
+            self._tokenizer = CLIPTokenizer()
         if self._tokenizer is None:
             self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer, flavor=self.hparams.tokenizer_flavor)
         return self._tokenizer

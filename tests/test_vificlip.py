@@ -219,3 +219,33 @@ def test_prefix_in_saliency_option():
     on = VidTLDR(protected=1).token_saliency(AttentionInfo(probs=probs), None)
     torch.testing.assert_close(on, vidtldr_saliency(probs))
     assert not torch.allclose(on[:, 1:], s_probs[:, 1:])
+
+
+def test_retrieval_task_by_name_ranks_by_itc():
+    """RetrievalTask("vificlip_tiny") evaluates the dual encoder by ITC alone, equal to a brute-force cosine loop."""
+    import numpy as np
+    from retrieval_bruteforce import TinyRetrievalData, bruteforce_metrics, make_trainer
+
+    from vidtldr_pl.tasks import RetrievalTask
+
+    torch.manual_seed(0)
+    task = RetrievalTask("vificlip_tiny", vision_overrides={"img_size": 64, "num_frames": 4, "context_length": 12})
+    dm = TinyRetrievalData(num_videos=6, batch_size=4)
+    make_trainer().validate(task, datamodule=dm, verbose=False)
+    model = task.model.eval()
+    with torch.no_grad():
+        v = torch.cat([model.encode_video(x[None].permute(0, 2, 1, 3, 4)) for x in dm.videos])
+        t = torch.cat([model.encode_text(ids[None]) for ids in dm.input_ids])
+    sim = (v @ t.t()).numpy()
+    np.testing.assert_allclose(task.scores["itc_v2t"].numpy(), sim, rtol=0, atol=1e-5)
+    expected = {f"itc/{k}": val for k, val in bruteforce_metrics(sim, sim.T, dm.txt2vid, dm.vid2txt).items()}
+    assert {k: task.results[k] for k in expected} == expected
+    assert not any(k.startswith("itm/") for k in task.results)
+
+
+def test_clip_tokenizer_for_retrieval_datamodules():
+    from vidtldr_pl.text.clip_tokenizer import CLIPTokenizer, clip_tokenize
+
+    out = CLIPTokenizer()(["a man is singing", "two dogs"], max_length=8)
+    assert torch.equal(out["input_ids"], clip_tokenize(["a man is singing", "two dogs"], 8))
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]

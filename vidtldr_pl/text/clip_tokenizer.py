@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+import torch
 from torch import Tensor
 
 SOT, EOT = 49406, 49407
@@ -32,4 +33,14 @@ def clip_tokenize(texts: str | Sequence[str], context_length: int = 77) -> Tenso
     return _tokenizer()(list(texts), context_length=context_length)
 
 
-__all__ = ["EOT", "SOT", "clip_tokenize"]
+class CLIPTokenizer:
+    """The retrieval DataModules' tokenizer call shape: ``tok(texts, max_length=L)`` -> {"input_ids",
+    "attention_mask"} (K, L) long; ``tokenizer: clip`` in a retrieval config selects it."""
+
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None, **_: Any) -> dict[str, Tensor]:
+        ids = clip_tokenize(texts, max_length or 77)
+        mask = torch.arange(ids.shape[1]) <= ids.argmax(-1, keepdim=True)  # up to EOT
+        return {"input_ids": ids, "attention_mask": mask.long()}
+
+
+__all__ = ["CLIPTokenizer", "EOT", "SOT", "clip_tokenize"]

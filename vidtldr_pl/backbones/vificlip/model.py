@@ -212,8 +212,9 @@ class ViFiCLIP(nn.Module):
     forward_features = encode_video
 
     # -------------------------------------------------------------------------------------------------- text
-    def encode_text(self, ids: Tensor) -> Tensor:
-        """ids: (K, L) CLIP BPE ids -> (K, E) unit vectors."""
+    def encode_text(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """ids: (K, L) CLIP BPE ids -> (K, E) unit vectors (attention_mask is accepted for RetrievalTask and unused:
+        the causal tower reads up to EOT)."""
         return F.normalize(self.text(ids), dim=-1)
 
     @torch.no_grad()
@@ -230,6 +231,21 @@ class ViFiCLIP(nn.Module):
         self.class_features = feats
         self.class_names = list(names)
         return feats
+
+    # ------------------------------------------------------- the retrieval interface (RetrievalTask, ITC only)
+    def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video: (B, T, 3, H, W) as the retrieval DataModules give it -> (frame embeddings (B, T, E), their
+        temporal mean (B, E)); no ``itm_logits``: RetrievalTask ranks by ITC alone."""
+        frames = self.frame_features(video.permute(0, 2, 1, 3, 4))
+        return frames, frames.mean(dim=1)
+
+    def vision_embed(self, pooled: Tensor) -> Tensor:
+        """(B, E) -> L2-normalised (B, E)."""
+        return F.normalize(pooled, dim=-1)
+
+    def text_embed(self, text_hidden: Tensor) -> Tensor:
+        """``encode_text``'s (B, E) -> L2-normalised (B, E)."""
+        return F.normalize(text_hidden, dim=-1)
 
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> logits (B, K) = exp(logit_scale) x cosine with the class prompts."""
