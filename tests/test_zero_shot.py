@@ -90,3 +90,16 @@ def test_class_names_required_and_template_checked(data):
     t = ZeroShotClassificationTask(model="vificlip_tiny", class_names=CLASS_NAMES[:3])
     assert t.class_names() == CLASS_NAMES[:3]
     assert torch.equal(t.model.set_class_names(CLASS_NAMES[:3]), t.model.class_features)
+
+
+def test_class_names_from_a_file(tmp_path):
+    from vidtldr_pl.tasks.zero_shot import read_class_name_file
+
+    (tmp_path / "labels.csv").write_text("id,name\n0,apply eye makeup\n1,Apply_Lipstick\n")
+    (tmp_path / "names.txt").write_text("a\n\nb c\n")
+    assert read_class_name_file(str(tmp_path / "labels.csv")) == ["apply eye makeup", "Apply_Lipstick"]
+    assert read_class_name_file(str(tmp_path / "names.txt")) == ["a", "b c"]
+    t = ZeroShotClassificationTask(model="vificlip_tiny", class_names=str(tmp_path / "labels.csv"))
+    assert t.class_names() == ["apply eye makeup", "Apply_Lipstick"]
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        ZeroShotClassificationTask(model="vificlip_tiny", class_names=str(tmp_path / "missing.csv"))

@@ -41,13 +41,15 @@ class ZeroShotClassificationTask(ClassificationTask):
             ``set_class_names(names, template)`` and ``forward(video (B, 3, T, H, W)) -> logits (B, K)``.
         checkpoint / model_overrides: as ClassificationTask (``clip_checkpoint`` names the CLIP file the token
             embedding comes from when the checkpoint is a ViFi-CLIP file).
-        class_names: the class names (default: the DataModule's ``class_names``); "_" reads as a space.
+        class_names: the class names, or a file of them (one per line, or a CSV whose last column is the name, e.g.
+            ViFi-CLIP's ``labels/*.csv`` with an ``id,name`` header); default: the DataModule's ``class_names``.
+            "_" reads as a space.
         prompt_template: the prompt, ``{}`` the class name (ViFi-CLIP: "a photo of a {}.").
         gather_chunk: rows per process per collective when gathering the per-view probabilities.
     """
 
     def __init__(self, model: str | nn.Module = "vificlip_b16", checkpoint: str | None = None,
-                 model_overrides: dict | None = None, class_names: list[str] | None = None,
+                 model_overrides: dict | None = None, class_names: list[str] | str | None = None,
                  prompt_template: str = PROMPT_TEMPLATE, gather_chunk: int = 4096) -> None:
         if "{}" not in prompt_template:
             raise ValueError(f"prompt_template must contain {{}} for the class name, got {prompt_template!r}")
@@ -55,9 +57,10 @@ class ZeroShotClassificationTask(ClassificationTask):
         if not hasattr(self.model, "set_class_names"):
             raise ValueError(f"{type(self.model).__name__} has no set_class_names: zero-shot needs a dual encoder")
         self.save_hyperparameters({"class_names": class_names, "prompt_template": prompt_template})
+        self._file_names = read_class_name_file(class_names) if isinstance(class_names, str) else None
 
     def class_names(self) -> list[str]:
-        names = self.hparams.class_names
+        names = self._file_names if self._file_names is not None else self.hparams.class_names
         if names is None:
             dm = getattr(self.trainer, "datamodule", None)
             names = getattr(dm, "class_names", None)
@@ -82,6 +85,25 @@ class ZeroShotClassificationTask(ClassificationTask):
         raise RuntimeError("ZeroShotClassificationTask evaluates only (fine-tune the dual encoder elsewhere)")
 
 
+def read_class_name_file(path: str) -> list[str]:
+    """One name per line, or a CSV (``.csv``) whose last column is the name; a header row (first column not an
+    integer id) is skipped."""
+    import csv
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"class_names file not found: {path}")
+    if file.suffix.lower() != ".csv":
+        return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    rows = [r for r in csv.reader(file.read_text().splitlines()) if r]
+    if rows and not rows[0][0].strip().isdigit():
+        rows = rows[1:]
+    if not rows:
+        raise ValueError(f"{path}: no class names")
+    return [r[-1].strip() for r in rows]
+
+
 def evaluate_splits(task: ZeroShotClassificationTask, datamodules: Mapping[str, pl.LightningDataModule],
                     make_trainer: Callable[[], pl.Trainer], stage: str = "validate") -> dict[str, Any]:
     """Evaluate ``task`` on each split's DataModule (a fresh trainer each) -> {"splits": {name: results}, "top1" /
@@ -102,4 +124,4 @@ def evaluate_splits(task: ZeroShotClassificationTask, datamodules: Mapping[str, 
     return {"splits": per_split, **mean, "num_splits": len(per_split)}
 
 
-__all__ = ["PROMPT_TEMPLATE", "ZeroShotClassificationTask", "evaluate_splits"]
+__all__ = ["PROMPT_TEMPLATE", "ZeroShotClassificationTask", "evaluate_splits", "read_class_name_file"]
