@@ -104,7 +104,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--split", default="test", choices=("test", "validate"))
     p.add_argument("--metric", default=None, help="results key to plot (default: t2v R@1 / top-1)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--replot", action="store_true", help="only redraw sweep.md and the plot from <out>/sweep.json")
     return p.parse_known_args(argv)
+
+
+def replot(out: Path, metric: str | None = None) -> None:
+    """Rewrite sweep.md and pareto.png / .svg from a finished (or partial) sweep.json."""
+    payload = json.loads((out / "sweep.json").read_text())
+    rows, meta = payload["runs"], (payload.get("config") or {}).get("sweep", {})
+    key, label = metric_of(rows[0], metric or meta.get("metric"))
+    (out / "sweep.md").write_text(markdown_table(rows, key, label))
+    plot_pareto(rows, key, out / "pareto", title=f"{label} vs GFLOPs ({meta.get('split', 'test')} split, "
+                f"{meta.get('decoded_clips', '?')} clips)", metric_label=label)
 
 
 def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
@@ -175,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.replot:
+            replot(Path(args.out), args.metric)
+            return 0
         run_sweep(args, rest)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -38,7 +38,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out_stem: str | Pat
     for k, method in enumerate(methods):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["gflops"])
         xs, ys = [r["gflops"] for r in mine], [r[metric] for r in mine]
-        style = dict(marker=markers[k % len(markers)], label=method, alpha=0.85)
+        colour = f"C{k % 10}"
+        style = dict(marker=markers[k % len(markers)], label=method, alpha=0.85, color=colour)
         if len(mine) == 1:
             ax.scatter(xs, ys, s=80, zorder=3, **style)
         else:
@@ -46,7 +47,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out_stem: str | Pat
         speeds = [r.get("videos_per_s") for r in mine]
         if any(isinstance(s, (int, float)) for s in speeds):
             ax2.plot(xs, [s if isinstance(s, (int, float)) else float("nan") for s in speeds], "-",
-                     marker=markers[k % len(markers)], ms=5, lw=1, label=method, alpha=0.85)
+                     marker=markers[k % len(markers)], ms=5, lw=1, label=method, alpha=0.85, color=colour)
     fx, fy = [points[i][0] for i in front], [points[i][1] for i in front]
     ax.step(fx, fy, where="post", color="black", lw=2, alpha=0.35, label="Pareto front", zorder=1)
     ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="black", lw=1.2, zorder=4)

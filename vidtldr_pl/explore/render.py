@@ -134,7 +134,7 @@ def write_all(frames: Tensor, maps: MergeMaps, out_dir: str | Path, stem: str = 
     """Grid PNG, GIF and share plot (PNG + SVG) of one video into out_dir; returns the paths by kind."""
     out_dir = Path(out_dir)
     images = overlay_frames(frames, maps)
-    share = plot_share(maps, out_dir / f"{stem}_share", f"per-frame saliency share{': ' + title if title else ''}")
+    share = plot_share(maps, out_dir / f"{stem}_share", f"per-frame saliency share: {stem}")
     return {"grid": save_grid(images, out_dir / f"{stem}_grid.png", title),
             "gif": save_gif(images, out_dir / f"{stem}.gif"), "share_png": share[0], "share_svg": share[1]}
 
