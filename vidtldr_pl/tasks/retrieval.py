@@ -15,6 +15,7 @@ YAML::
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -27,9 +28,11 @@ from ..backbones import create_model
 from ..flops import FlopReport, encoder_flops
 from ..merging import MergeSetting, apply_merge, find_mergeable
 from ..metrics.retrieval import retrieval_metrics
+from ..progress import Progress, progress_enabled, track
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
 from .losses import sample_hard_negatives, vtc_loss, vtm_loss
 
+log = logging.getLogger(__name__)
 ItmScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -68,6 +71,7 @@ def rerank_scores(
     video_rows: Sequence[int] | None = None,
     text_rows: Sequence[int] | None = None,
     fill: float = -100.0,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """ITM re-ranking of the ITC top-k (official protocol).
 
@@ -79,6 +83,8 @@ def rerank_scores(
         video_rows / text_rows: the query rows this process computes (default: all); other rows stay 0, so that
             partial results of several processes sum to the full matrices.
         fill: score of the entries outside a query's top-k.
+        progress: show the progress of each direction (``vidtldr_pl.progress``: a bar on a terminal, log lines
+            otherwise, rank 0 only).
 
     Returns:
         scores_v2t (Nv, Nt) and scores_t2v (Nt, Nv), float32 on ``sim_v2t``'s device: ``fill`` except the top-k
@@ -95,7 +101,10 @@ def rerank_scores(
         (sim_t2v, scores_t2v, text_rows, nv, False),
     ):
         k = min(k_test, n_cand)
-        for q in rows:
+        direction = "video -> text" if query_is_video else "text -> video"
+        queries = track(rows, f"ITM re-ranking, {direction} (top {k})", unit="queries",
+                        enabled=progress and progress_enabled())
+        for q in queries:
             scores[q] = fill
             topk = sim[q].topk(k).indices
             for start in range(0, k, itm_batch_size):
@@ -104,6 +113,42 @@ def rerank_scores(
                 logit = itm_score(query, cand) if query_is_video else itm_score(cand, query)
                 scores[q, cand] = logit.float().to(scores.device)
     return scores_v2t, scores_t2v
+
+
+class IncompleteEvaluationError(ValueError):
+    """An evaluation that did not see every video of the split."""
+
+
+def _skips_errors(data: Any) -> bool:
+    hparams = getattr(data, "hparams", None)
+    return bool(getattr(data, "skip_errors", False) or (hparams is not None and hparams.get("skip_errors", False)))
+
+
+def _fill_missing(index: Tensor, itc: Tensor, tokens: Tensor, num_videos: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Insert zero features for the videos absent from ``index`` (sorted, unique): (Nv, ...) in video order."""
+    full_itc = itc.new_zeros(num_videos, *itc.shape[1:])
+    full_itc[index.to(itc.device)] = itc
+    n = tokens.shape[1] if tokens.numel() else 1
+    full_tokens = tokens.new_zeros(num_videos, n, tokens.shape[-1])
+    if tokens.numel():
+        full_tokens[index] = tokens
+    return torch.arange(num_videos), full_itc, full_tokens
+
+
+def _sink_missing(s_v2t: Tensor, s_t2v: Tensor, missing: Sequence[int],
+                  vid2txt: Sequence[int | Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Score matrices where each skipped video ranks below everything (t2v) and, as a query, ranks its own captions
+    last (v2t): it counts as a miss in both directions, whatever the tie order of the metric."""
+    if not missing:
+        return s_v2t, s_t2v
+    s_v2t, s_t2v = s_v2t.clone(), s_t2v.clone()
+    floor = min(float(s_v2t.min()), float(s_t2v.min())) - 2.0
+    for v in missing:
+        texts = vid2txt[v] if isinstance(vid2txt[v], Sequence) else [vid2txt[v]]
+        s_v2t[v] = floor + 1.0
+        s_v2t[v, list(texts)] = floor
+        s_t2v[:, v] = floor
+    return s_v2t, s_t2v
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -225,12 +270,14 @@ class RetrievalTask(pl.LightningModule):
         """All captions -> {"hidden": (Nt, L, Dt), "mask": (Nt, L), "itc": (Nt, E)} on this module's device."""
         ids, mask = texts["input_ids"], texts["attention_mask"]
         hidden, itc = [], []
-        for start in range(0, ids.shape[0], self.text_batch_size):
-            i = ids[start:start + self.text_batch_size].to(self.device)
-            m = mask[start:start + self.text_batch_size].to(self.device)
-            h = self.model.encode_text(i, m)
-            hidden.append(h)
-            itc.append(self.model.text_embed(h))
+        with Progress("encoding captions", total=ids.shape[0], unit="captions") as bar:
+            for start in range(0, ids.shape[0], self.text_batch_size):
+                i = ids[start:start + self.text_batch_size].to(self.device)
+                m = mask[start:start + self.text_batch_size].to(self.device)
+                h = self.model.encode_text(i, m)
+                hidden.append(h)
+                itc.append(self.model.text_embed(h))
+                bar.advance(i.shape[0])
         return {"hidden": torch.cat(hidden), "mask": mask.to(self.device), "itc": torch.cat(itc)}
 
     def _eval_start(self, stage: str) -> None:
@@ -272,13 +319,22 @@ class RetrievalTask(pl.LightningModule):
             tokens = torch.zeros(0, 0, width, dtype=self.offload_dtype or torch.get_default_dtype())
         index, itc, tokens = gather_by_index(index, itc, tokens)
         num_videos = int(data.num_videos)
+        missing: list[int] = []
         if index.numel() != num_videos or not torch.equal(index, torch.arange(num_videos)):
             missing = sorted(set(range(num_videos)) - set(index.tolist()))
-            raise ValueError(f"evaluation saw {index.numel()} distinct videos of {num_videos}; missing e.g. {missing[:10]} "
-                             "(the protocol needs every video: no limit_val_batches / limit_test_batches, no skipped videos)")
+            if not _skips_errors(data):
+                raise IncompleteEvaluationError(
+                    f"evaluation saw {index.numel()} distinct videos of {num_videos}; missing e.g. {missing[:10]} (the "
+                    "protocol needs every video: no limit_val_batches / limit_test_batches)")
+            log.warning("%d of %d videos were unreadable and skipped (skip_errors): they rank last and count as "
+                        "misses, e.g. %s", len(missing), num_videos, missing[:10])
+            index, itc, tokens = _fill_missing(index, itc, tokens, num_videos)
 
         with self._autocast():  # as official: fp16 cosines under "16-mixed" (their ties matter for the metrics)
             sim_v2t = itc.to(self.device) @ text["itc"].t()  # (Nv, Nt)
+        if missing:  # a skipped video is never retrieved and retrieves nothing (see _sink_missing)
+            sim_v2t[torch.tensor(missing, device=sim_v2t.device)] = -100.0
+        self._missing = missing
         rank, world = rank_and_world()
 
         token_dtype = self._token_dtype or tokens.dtype
@@ -287,6 +343,7 @@ class RetrievalTask(pl.LightningModule):
             return tokens[v.cpu()].to(self.device, token_dtype, non_blocking=True)
 
         nv, nt = sim_v2t.shape
+        self._num_skipped = len(missing)
         if not callable(getattr(self.model, "itm_logits", None)):  # a dual encoder: ITC ranking only
             self._finish(data, sim_v2t, sim_v2t.t(), sim_v2t, itm=False)
             return
@@ -307,7 +364,8 @@ class RetrievalTask(pl.LightningModule):
 
         with self._autocast():
             s_v2t, s_t2v = rerank_scores(sim_v2t, itm_score, self.k_test, self.itm_batch_size,
-                                         row_range(nv, rank, world), row_range(nt, rank, world))
+                                         row_range(nv, rank, world), row_range(nt, rank, world),
+                                         progress=True)
         s_v2t, s_t2v = all_reduce_sum(s_v2t), all_reduce_sum(s_t2v)
         self._finish(data, s_v2t, s_t2v, sim_v2t, itm=True)
 
@@ -319,13 +377,17 @@ class RetrievalTask(pl.LightningModule):
         v2t_gt, t2v_gt = list(data.vid2txt), list(data.txt2vid)
         results: dict[str, Any] = {}
         matrices = [("itm", s_v2t, s_t2v)] if itm else []
-        for prefix, sv, st in matrices + [("itc", sim_v2t, sim_v2t.t())]:
+        matrices = [(p, *_sink_missing(sv, st, getattr(self, "_missing", []), v2t_gt))
+                    for p, sv, st in matrices + [("itc", sim_v2t, sim_v2t.t())]]
+        for prefix, sv, st in matrices:
             for k, v in retrieval_metrics(sv.cpu(), st.cpu(), v2t_gt, t2v_gt).items():
                 results[f"{prefix}/{k}"] = v
         for k, v in results.items():
             self.log(k, v, sync_dist=True, reduce_fx="max")
         results["num_videos"] = nv
         results["num_texts"] = nt
+        if getattr(self, "_num_skipped", 0):
+            results["num_skipped"] = self._num_skipped
         self.results = results
         self.scores = {"itm_v2t": s_v2t.cpu(), "itm_t2v": s_t2v.cpu(), "itc_v2t": sim_v2t.cpu()}
         self._reset()
@@ -457,8 +519,9 @@ class RetrievalTask(pl.LightningModule):
         size_mb = nv * (cfg.num_layers - cfg.fusion_layer) * 2 * n * cfg.hidden_size * itemsize / 2**20
         if size_mb > self.hparams.itm_cache_mb:
             return None
+        starts = range(0, nv, self.itm_batch_size)
         chunks = [self.model.text_encoder.fusion_memory(video_tokens(torch.arange(i, min(i + self.itm_batch_size, nv))))
-                  for i in range(0, nv, self.itm_batch_size)]
+                  for i in track(starts, "ITM keys / values of the videos", unit="chunks")]
         return [(torch.cat([c[layer][0] for c in chunks]), torch.cat([c[layer][1] for c in chunks]))
                 for layer in range(len(chunks[0]))]
 
