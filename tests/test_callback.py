@@ -72,7 +72,7 @@ callbacks:
     parser = ArgumentParser()
     parser.add_argument("--callbacks", type=list[pl.Callback])
     cfg = parser.parse_object(yaml.safe_load(text))
-    callback = parser.instantiate_classes(cfg).callbacks[0]
+    callback = parser.instantiate(cfg).callbacks[0]
     assert isinstance(callback, TokenMerging) and callback.r == [600, 200, 100] and callback.attention == "explicit"
 
 

@@ -152,6 +152,6 @@ model:
 """
     parser = ArgumentParser()
     parser.add_argument("--model", type=pl.LightningModule)
-    task = parser.instantiate_classes(parser.parse_object(yaml.safe_load(text))).model
+    task = parser.instantiate(parser.parse_object(yaml.safe_load(text))).model
     assert isinstance(task, RetrievalTask) and task.k_test == 7 and task.itm_batch_size == 4
     assert task.offload_dtype == torch.float16 and task.model.cfg.vision.num_frames == 2

@@ -1,28 +1,25 @@
-"""Shared LightningCLI plumbing of train.py and evaluate.py (no logic of its own beyond config lookup)."""
+"""Shared LightningCLI plumbing of train.py and evaluate.py: config lookup, the short help, the ``--merge.*``
+override, progress lines in logs, quiet output, the saved run config."""
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from datetime import datetime
-from importlib import resources
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from .cli_help import HELP_ALL_FLAG, config_dir, help_requested, short_help
 
 CHECKPOINT_HINT = (
     "official fine-tuned UMT checkpoints are linked from the UMT / vid-TLDR repositories' MODEL_ZOO; pass the file "
     "with --model.init_args.checkpoint=/path/to/file.pth"
 )
-
-
-def config_dir() -> Path:
-    """The configs that ship with the package: the repository's ``configs/`` folder, installed as the package
-    ``vidtldr_pl.configs`` (pyproject.toml / setup.py); the folder itself in a checkout that is not installed."""
-    try:
-        return Path(str(resources.files("vidtldr_pl.configs")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "configs"
 
 
 def find_config(value: str) -> Path:
@@ -58,16 +55,156 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return out
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines (``rank_zero_info`` calls in
+    Lightning's logger and callback connectors, shown unless those cloud packages are installed; no switch)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡 Tip")
+
+
+_NO_ADVERTS = _NoAdverts()
+
+
+def quiet_lightning() -> None:
+    """No Lightning adverts, and no warnings about code that is not ours: Lightning 2.6's ``_pytree`` on torch 2.14
+    (``isinstance(treespec, LeafSpec)`` is deprecated), LightningCLI's use of deprecated jsonargparse methods and its
+    note on its ``args`` (we pass sys.argv, with shipped config names resolved)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "pytorch_lightning.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _NO_ADVERTS not in logger.filters:
+            logger.addFilter(_NO_ADVERTS)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # LightningCLI 2.6 itself calls jsonargparse APIs deprecated in 4.49 (add_instantiator, ...)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
+
+
+MERGE_CALLBACK = "vidtldr_pl.callbacks.TokenMerging"
+
+
+class MergeOverrideError(ValueError):
+    """A ``--merge.*`` option that cannot apply to the config (one line, exit code 2)."""
+
+
+def _is_token_merging(callback: Any) -> bool:
+    from .callbacks import TokenMerging
+
+    class_path = getattr(callback, "class_path", None)
+    if class_path is None:
+        return isinstance(callback, TokenMerging)
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, TokenMerging)
+
+
+def _get(ns: Any, key: str, default: Any = None) -> Any:
+    return ns.get(key, default) if hasattr(ns, "get") else getattr(ns, key, default)
+
+
+def apply_merge_override(config: Any, stage: str) -> None:
+    """Apply ``--merge.method`` / ``--merge.r`` / ``--merge.layers`` to a parsed (not yet instantiated) config.
+
+    - With ``method``: this one setting is the run's merging. The TokenMerging callback (added if missing) takes
+      ``method``, ``r`` and ``layers``; an r not given is the callback's, else the first merging ``compare`` row's;
+      ``compare`` is dropped, so evaluate.py reports this one setting.
+    - ``r`` / ``layers`` alone: they replace r / layers wherever the config merges: its TokenMerging callback and
+      every ``compare`` row whose method is not "none" (a comparison stays a comparison at the new schedule).
+
+    Raises MergeOverrideError when nothing would change: r without a method in a config that does not merge (in
+    train.py, without a TokenMerging callback), or a method that merges with no r anywhere.
+    """
+    from .merging import MergeSetting
+
+    merge = _get(config, "merge")
+    method, r, layers = (_get(merge, k) for k in ("method", "r", "layers")) if merge is not None else (None,) * 3
+    if method is None and r is None and layers is None:
+        return
+    trainer = config.trainer
+    callbacks = _get(trainer, "callbacks")
+    if callbacks is None:
+        callbacks = []
+    elif not isinstance(callbacks, list):
+        callbacks = [callbacks]
+    merging = [cb for cb in callbacks if _is_token_merging(cb)]
+    rows = list(_get(config, "compare") or [])
+
+    if method is not None:
+        if r is None:
+            sources = [cb.init_args for cb in merging] + rows
+            r = next((_get(src, "r") for src in sources if _get(src, "method", "none") != "none"
+                      and _get(src, "r") is not None), None)
+        setting = MergeSetting(method=method, r=r, layers=layers)
+        try:
+            setting.check()
+        except ValueError as err:
+            raise MergeOverrideError(f"--merge.method={method}: {err}") from None
+        if setting.merges and r is None:
+            raise MergeOverrideError(f"--merge.method={method} needs --merge.r (the config has no r to reuse)")
+        if merging:
+            for cb in merging:
+                cb.init_args.method, cb.init_args.r, cb.init_args.layers = method, r, layers
+        else:
+            from jsonargparse import Namespace
+
+            callbacks.append(Namespace(class_path=MERGE_CALLBACK, init_args=Namespace(
+                method=method, r=r, layers=layers, trace_source=False, attention="fused", method_options=None,
+                target=None)))
+            trainer.callbacks = callbacks
+        config.compare = None
+        return
+
+    targets = [cb.init_args for cb in merging if _get(cb.init_args, "method", "vidtldr") != "none"]
+    if stage == "evaluate":
+        targets += [row for row in rows if _get(row, "method", "none") != "none"]
+    if not targets:
+        where = "no TokenMerging callback" + ("" if stage == "fit" else ", no `compare` row that merges")
+        raise MergeOverrideError(f"--merge.r / --merge.layers: the config has no merging to change ({where}); "
+                                 "give --merge.method too, e.g. --merge.method=vidtldr")
+    for target in targets:
+        if r is not None:
+            target.r = r
+        if layers is not None:
+            target.layers = layers
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """The resolved config of a run, saved into its log folder as ``config.yaml``; when that name is taken (a
+    second run into the same folder, e.g. without a versioned logger) as ``config_<time>.yaml``, never aborting."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        name = self.config_filename
+        if trainer.is_global_zero and trainer.log_dir is not None:
+            folder = Path(trainer.log_dir)
+            stem, suffix = Path(name).stem, Path(name).suffix or ".yaml"
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            candidates = [name] + [f"{stem}_{stamp}{suffix}"] + [f"{stem}_{stamp}_{i}{suffix}" for i in range(1, 1000)]
+            name = next(c for c in candidates if not (folder / c).exists())
+        self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
 class VidTLDRCLI(LightningCLI):
     """LightningCLI (model / data / trainer as class_path + init_args) plus the evaluation options:
 
     - ``compare``: a list of merge settings (MergeRun: method, r, layers, name) evaluated one after another;
     - ``split``: "test" (default) or "validate";
     - ``results``: the JSON file of the evaluation (default: <log dir or default_root_dir>/results.json);
-    - ``ckpt_path``: train.py resumes from this checkpoint.
+    - ``ckpt_path``: train.py resumes from this checkpoint;
+    - ``merge.method`` / ``merge.r`` / ``merge.layers``: the merge setting of this run (``apply_merge_override``).
 
-    Both scripts accept every option, so one config serves both.
+    Both scripts accept every option, so one config serves both. ``stage``: "evaluate" or "fit".
     """
+
+    def __init__(self, *args: Any, stage: str = "evaluate", **kwargs: Any) -> None:
+        self.stage = stage
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         from vidtldr_pl.compare import MergeRun
@@ -78,13 +215,62 @@ class VidTLDRCLI(LightningCLI):
         parser.add_argument("--results", type=str | None, default=None, help="JSON file for the evaluation results")
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="train.py: resume from this checkpoint (\"last\": the newest in the run folder)")
+        group = parser.add_argument_group(
+            "Merging of this run", "Override the config's token merging (TokenMerging callback and `compare` rows).")
+        group.add_argument("--merge.method", type=str | None, default=None,
+                           help="merge with this method only (none, tome, vidtldr, ...): replaces the config's "
+                                "TokenMerging callback and `compare` rows")
+        group.add_argument("--merge.r", type=list[int | float] | int | float | str | None, default=None,
+                           help="tokens removed per block ([600,200,100]) or one count / fraction at --merge.layers; "
+                                "alone, it replaces r wherever the config merges")
+        group.add_argument("--merge.layers", type=list[int] | None, default=None,
+                           help="blocks a single r applies to")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        try:
+            apply_merge_override(config, self.stage)
+        except MergeOverrideError as err:  # a usage error: one line, exit code 2 (as argparse)
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI, with jsonargparse's ``instantiate`` (``instantiate_classes`` is deprecated there)."""
+        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
+        self.config_init = instantiate(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
+        """Adds ``LogProgressBar`` (batches as log lines) when stderr is not a terminal, unless the config turns the
+        progress bar off or brings its own."""
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        own_bar = any(isinstance(cb, ProgressBar) for cb in [*given, *callbacks])
+        if config.get("enable_progress_bar") is not False and not own_bar and not _stderr_is_terminal():
+            from .callbacks.progress import LogProgressBar
+
+            callbacks = [*callbacks, LogProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
-def build_cli(argv: list[str]) -> VidTLDRCLI:
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # argv is sys.argv here
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def build_cli(argv: list[str], stage: str = "evaluate") -> VidTLDRCLI:
+    """The CLI of ``stage`` ("evaluate" / "fit") on ``argv``; training runs save their resolved config."""
+    quiet_lightning()
     return VidTLDRCLI(
         pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        run=False, save_config_callback=None, args=argv,
+        run=False, args=argv, stage=stage, seed_everything_default=0,  # Lightning's default seed, without its warning
+        save_config_callback=SaveRunConfig if stage == "fit" else None,
+        parser_kwargs={"description": short_help(stage).split("\n\n")[1]},
     )
 
 
@@ -141,8 +327,14 @@ def run_cli(stage: str, argv: list[str]) -> int:
     from data_modules.video import VideoDecodeError
     from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
 
+    wanted = help_requested(argv)
+    if wanted == "short":
+        print(short_help(stage, config_dir()))
+        return 0
+    if wanted == "all":
+        argv = ["--help" if arg == HELP_ALL_FLAG else arg for arg in argv]
     try:
-        cli = build_cli(argv)
+        cli = build_cli(argv, stage)
         if stage == "evaluate":
             _evaluate(cli)
         elif stage == "fit":
