@@ -90,6 +90,10 @@ def test_sweep_decodes_each_clip_once(tmp_path, monkeypatch, capsys):
     table = (out / "sweep.md").read_text().splitlines()
     assert len(table) == 2 + 5 and "Pareto" in table[0]
     assert Image.open(out / "pareto.png").size[0] > 500 and (out / "pareto.svg").read_text().lstrip().startswith("<?xml")
+    (out / "sweep.md").unlink()
+    (out / "pareto.png").unlink()
+    assert sweep.main(["--replot", "--out", str(out)]) == 0  # redrawn from sweep.json alone
+    assert (out / "sweep.md").read_text().splitlines() == table and (out / "pareto.png").is_file()
 
 
 def test_sweep_rejects_an_unknown_method(tmp_path, capsys):
