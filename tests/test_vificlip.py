@@ -22,9 +22,8 @@ def _build(**kw):
     cfg = VIFICLIP_CONFIGS["vificlip_b16"](
         depth=s["vision_layers"], num_heads=s["vision_heads"], patch_size=s["patch"], img_size=s["image"],
         num_frames=3, vocab_size=s["vocab"], context_length=s["context"], text_width=s["text_width"],
-        text_layers=s["text_layers"], text_heads=s["text_heads"], **kw)
-    cfg.vision.embed_dim = s["vision_width"]  # the vision width (ViTConfig.embed_dim) vs the joint space (cfg.embed_dim)
-    cfg.embed_dim = s["embed"]
+        text_layers=s["text_layers"], text_heads=s["text_heads"], vision_width=s["vision_width"], embed_dim=s["embed"],
+        **kw)
     return ViFiCLIP(cfg).eval()
 
 
@@ -113,9 +112,11 @@ def test_towers_equal_hf_clip(tmp_path):
         ref_img = ref.get_image_features(pixel_values=frames)
         ref_img = getattr(ref_img, "pooler_output", ref_img)
         torch.testing.assert_close(ours.frame_features(video), ref_img.reshape(2, 3, -1), atol=1e-4, rtol=0)
-        ref_txt = ref.get_text_features(input_ids=ids, attention_mask=(torch.arange(16) <= ids.argmax(-1, keepdim=True)).long())
+        mask = (torch.arange(16) <= ids.argmax(-1, keepdim=True)).long()
+        ref_txt = ref.get_text_features(input_ids=ids, attention_mask=mask)
         ref_txt = getattr(ref_txt, "pooler_output", ref_txt)
-        torch.testing.assert_close(ours.encode_text(ids), torch.nn.functional.normalize(ref_txt, dim=-1), atol=1e-4, rtol=0)
+        expected = torch.nn.functional.normalize(ref_txt, dim=-1)
+        torch.testing.assert_close(ours.encode_text(ids), expected, atol=1e-4, rtol=0)
 
 
 def test_every_layout_loads_to_identical_outputs(tmp_path):
@@ -249,3 +250,22 @@ def test_clip_tokenizer_for_retrieval_datamodules():
     out = CLIPTokenizer()(["a man is singing", "two dogs"], max_length=8)
     assert torch.equal(out["input_ids"], clip_tokenize(["a man is singing", "two dogs"], 8))
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+@pytest.mark.slow
+def test_b16_image_and_text_towers_equal_open_clip_vit_b16(tmp_path):
+    """Full size: open_clip's ViT-B-16-quickgelu (OpenAI's CLIP architecture) with random fp32 weights, loaded into
+    vificlip_b16 from its state dict: per-frame embeddings (197 tokens per frame) and text features within 1e-4."""
+    import open_clip
+
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None, precision="fp32").eval()
+    ours = create_model("vificlip_b16", num_frames=2).eval()
+    report = load_vificlip_checkpoint(ours, _save(ref.state_dict(), tmp_path))
+    assert report.ok and ours.encoder.num_tokens == 197
+    video = torch.randn(1, 3, 2, 224, 224)
+    ids = open_clip.tokenize(["a photo of a dog.", "a man is playing the guitar on a street corner"])
+    with torch.no_grad():
+        ref_frames = ref.encode_image(video.transpose(1, 2).reshape(2, 3, 224, 224))
+        torch.testing.assert_close(ours.frame_features(video)[0], ref_frames, atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours.encode_text(ids), ref.encode_text(ids, normalize=True), atol=1e-4, rtol=0)

@@ -65,7 +65,8 @@ class ZeroShotClassificationTask(ClassificationTask):
             dm = getattr(self.trainer, "datamodule", None)
             names = getattr(dm, "class_names", None)
         if not names:
-            raise ValueError("zero-shot classification needs class names: set class_names or use a DataModule with them")
+            raise ValueError("zero-shot classification needs class names: set class_names or use a DataModule that "
+                             "has them")
         return list(names)
 
     def _encode_prompts(self) -> None:

@@ -102,7 +102,8 @@ class TextTransformer(nn.Module):
 class CLIPTextTower(nn.Module):
     """ids (B, L) with the EOT token the largest id -> projected, unnormalised features (B, E)."""
 
-    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int, embed_dim: int) -> None:
+    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int,
+                 embed_dim: int) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width).normal_(std=0.01))
@@ -150,6 +151,11 @@ def _vision(**kw: Any) -> ViTConfig:
 
 
 def _preset(vision: dict[str, Any], text: dict[str, Any], **overrides: Any) -> ViFiCLIPConfig:
+    """overrides: ViTConfig fields of the image tower (``vision_width`` is its embed_dim; ``embed_dim`` is the joint
+    space), ``num_frames``, ``clip_checkpoint`` and the text fields."""
+    width = overrides.pop("vision_width", None)
+    if width is not None:
+        vision = {**vision, "embed_dim": width}
     top = {k: overrides.pop(k) for k in list(overrides) if k in _TEXT_FIELDS | {"num_frames", "clip_checkpoint"}}
     return ViFiCLIPConfig(vision=_vision(**{**vision, **overrides}), **{**text, **top})
 
