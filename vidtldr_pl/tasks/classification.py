@@ -23,7 +23,6 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,8 +31,9 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from ..backbones import create_model
 from ..merging import find_mergeable
-from .distributed import all_gather_cat, gather_by_index, rank_and_world
+from .distributed import all_gather_cat, gather_by_index
 from .mixup import apply_mix, draw_mix, mix_targets, soft_target_cross_entropy
+from .base import VideoTask
 from .optim import layer_decay_groups, warmup_cosine_floor
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def video_scores(key: Tensor, probs: Tensor, labels: Tensor, num_views: int) -> 
     return videos, scores / num_views, labels[:, 0]
 
 
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(VideoTask):
     """Video classification: multi-view evaluation (top-1 / top-5) and fine-tuning.
 
     Args:
@@ -112,6 +112,10 @@ class ClassificationTask(pl.LightningModule):
     callback adds ``tokens_per_layer``, ``videos_per_s`` (encoder inputs, i.e. views, per second) and ``gflops`` (per
     view). ``self.scores`` holds the per-video scores (N, C), ``self.labels`` and ``self.video_ids``.
     """
+
+    checkpoint_monitor = "top1"
+    checkpoint_filename = "best-epoch{epoch}-top1_{top1:.2f}"
+    lr_schedule = staticmethod(warmup_cosine_floor)
 
     def __init__(
         self,
@@ -256,15 +260,6 @@ class ClassificationTask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=video.shape[0])
         return loss
 
-    def _step_seed(self, batch_idx: int) -> int:
-        """A seed fixed by (seed, optimizer step, micro-batch, process): what a resumed run draws again."""
-        rank, world = rank_and_world()
-        micro = batch_idx % max(1, self.trainer.accumulate_grad_batches)
-        return ((self.hparams.seed * 1_000_003 + self.global_step) * 64 + micro) * max(world, 1) * 2 + rank * 2
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(self._step_seed(batch_idx) % 2**63)  # dropout / drop-path draws per step
-
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over layer-wise decayed groups; per-step warm-up + cosine (VideoMAE's schedule)."""
         h = self.hparams
@@ -275,43 +270,7 @@ class ClassificationTask(pl.LightningModule):
         groups = layer_decay_groups(self, encoders[0], h.weight_decay, h.layer_decay)
         for group in groups:
             group["lr"] = h.lr * group["lr_scale"]
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        """The schedule's multiplier at optimizer step ``step``; the run's length is read on the first step after 0
-        (as RetrievalTask: reading it while the optimizer is built would build the training loader before a resumed
-        run's progress is restored)."""
-        if step == 0:
-            return 0.0 if self.hparams.warmup_epochs > 0 else 1.0
-        if self._schedule is None:
-            total = int(self.trainer.estimated_stepping_batches)
-            epochs = max(1, self.trainer.max_epochs or 1)
-            self._schedule = (round(self.hparams.warmup_epochs * total / epochs), total)
-        warmup, total = self._schedule
-        return warmup_cosine_floor(step, warmup, total, self.hparams.min_lr_ratio)
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """``EncoderStats`` (unless the trainer has one) and, when fitting, the checkpoints of a fine-tuning run."""
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        from ..callbacks.measure import EncoderStats
-
-        callbacks: list[pl.Callback] = []
-        trainer = self._trainer
-        if trainer is None or not any(isinstance(cb, EncoderStats) for cb in trainer.callbacks):
-            callbacks.append(EncoderStats())
-        if trainer is None or trainer.state.fn != "fit":
-            return callbacks
-        if self.hparams.save_best:
-            callbacks.append(ModelCheckpoint(monitor="top1", mode="max", save_last=True,
-                                             filename="best-epoch{epoch}-top1_{top1:.2f}", auto_insert_metric_name=False))
-        if self.hparams.save_every_n_steps:
-            callbacks.append(ModelCheckpoint(monitor="step", mode="max", save_top_k=2, filename="step{step}",
-                                             every_n_train_steps=self.hparams.save_every_n_steps,
-                                             auto_insert_metric_name=False))
-        return callbacks
+        return self._scheduled(torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas)))
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_validation_epoch_start(self) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from ..backbones import create_model
+from .base import VideoTask
 from .distributed import gather_by_index
 
 ITM_WEIGHT, ITC_WEIGHT = 0.7, 0.3
@@ -25,8 +25,9 @@ def mc_scores(itm_logits: Tensor, itc_sim: Tensor, temp: Tensor | float) -> Tens
     return ITM_WEIGHT * itm + ITC_WEIGHT * itc
 
 
-class MCTask(pl.LightningModule):
-    """Evaluation-only multiple choice (validate / test).
+class MCTask(VideoTask):
+    """Evaluation-only multiple choice (validate / test); the base adds EncoderStats and, never fitting, no
+    checkpoint callback.
 
     Args:
         model: a registered retrieval model name ("umt_b16", ...) or a UMT object; checkpoint / vision_overrides as
@@ -84,14 +85,6 @@ class MCTask(pl.LightningModule):
                         "num_missing": len(anns) - len(self.predictions)}
         self.log("mc/acc", self.results["acc"], sync_dist=True, reduce_fx="max")
         self._start()
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        from ..callbacks.measure import EncoderStats
-
-        trainer = self._trainer
-        if trainer is None or not any(isinstance(cb, EncoderStats) for cb in trainer.callbacks):
-            return [EncoderStats()]
-        return []
 
     def on_validation_epoch_start(self) -> None:
         self._start()

@@ -1,5 +1,5 @@
 """VideoMAE's fine-tuning optimizer pieces (``optim_factory.py``, ``utils.cosine_scheduler``): layer-wise lr decay
-parameter groups and the per-step warm-up + cosine multiplier.
+parameter groups and the per-step warm-up + cosine multipliers (UMT's and VideoMAE's).
 
 Layer ids over a ViT of depth L: the patch embedding and everything before the blocks (CLS, positions) 0, block i
 i + 1, the final norm and everything outside the encoder (pooling norm, head) L + 1; a parameter of layer k learns at
@@ -49,6 +49,14 @@ def layer_decay_groups(module: nn.Module, encoder: nn.Module, weight_decay: floa
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier of the official UMT scheduler: linear warm-up from 0, then cosine down to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(min_lr_ratio, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def warmup_cosine_floor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

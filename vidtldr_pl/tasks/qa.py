@@ -21,14 +21,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
 from ..backbones import create_model
 from ..merging import find_mergeable
 from .distributed import gather_by_index
-from .retrieval import warmup_cosine
+from .base import VideoTask
 
 
 @runtime_checkable
@@ -75,7 +74,7 @@ def qa_accuracy(predictions: Mapping[Any, str], annotations: Sequence[Mapping[st
     return out
 
 
-class QATask(pl.LightningModule):
+class QATask(VideoTask):
     """UMT video QA: fine-tuning (answer LM loss, weighted over several answers) and validation / test by ranking the
     answer list (official ``rank_answer``) with exact-match accuracy.
 
@@ -95,6 +94,9 @@ class QATask(pl.LightningModule):
     After an evaluation epoch ``self.results`` holds ``acc`` (percent), ``num_questions``, ``num_missing`` and
     ``acc/<type>``, plus the ``EncoderStats`` numbers; ``self.predictions`` maps question_id -> predicted answer.
     """
+
+    checkpoint_monitor = "qa/acc"
+    checkpoint_filename = "best-epoch{epoch}-acc{qa/acc:.2f}"
 
     def __init__(
         self,
@@ -131,7 +133,6 @@ class QATask(pl.LightningModule):
         self.k_test = k_test
         self.results: dict[str, Any] = {}
         self.predictions: dict[Any, str] = {}
-        self._schedule: tuple[int, int] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -216,16 +217,6 @@ class QATask(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].shape[0])
         return loss
 
-    def _step_seed(self, batch_idx: int) -> int:
-        from .distributed import rank_and_world
-
-        rank, world = rank_and_world()
-        micro = batch_idx % max(1, self.trainer.accumulate_grad_batches)
-        return ((self.hparams.seed * 1_000_003 + self.global_step) * 64 + micro) * max(world, 1) + rank
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed(self._step_seed(batch_idx) % 2**63)  # dropout draws independent of history
-
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW without decay on biases and norms; per-step warm-up + cosine (official schedule)."""
         h = self.hparams
@@ -233,36 +224,8 @@ class QATask(pl.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        """Warm-up + cosine multiplier; the run's length is read on the first step after 0 (exact resume)."""
-        if step == 0:
-            return 0.0 if self.hparams.warmup_epochs > 0 else 1.0
-        if self._schedule is None:
-            total = int(self.trainer.estimated_stepping_batches)
-            epochs = max(1, self.trainer.max_epochs or 1)
-            self._schedule = (round(self.hparams.warmup_epochs * total / epochs), total)
-        warmup, total = self._schedule
-        return warmup_cosine(step, warmup, total, self.hparams.min_lr_ratio)
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """``EncoderStats`` (unless the trainer has one); when fitting, best-by-accuracy and last checkpoints."""
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        from ..callbacks.measure import EncoderStats
-
-        callbacks: list[pl.Callback] = []
-        trainer = self._trainer
-        if trainer is None or not any(isinstance(cb, EncoderStats) for cb in trainer.callbacks):
-            callbacks.append(EncoderStats())
-        if trainer is not None and trainer.state.fn == "fit" and self.hparams.save_best:
-            callbacks.append(ModelCheckpoint(monitor="qa/acc", mode="max", save_last=True,
-                                             filename="best-epoch{epoch}-acc{qa/acc:.2f}", auto_insert_metric_name=False))
-        return callbacks
+        return self._scheduled(torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                                                  {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas)))
 
     def vision_encoders(self) -> list[nn.Module]:
         return find_mergeable(self.model)
