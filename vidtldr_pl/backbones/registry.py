@@ -103,14 +103,18 @@ def create_model(name: str, checkpoint: str | None = None, strict: bool = True, 
     """Build a registered model, optionally loading a checkpoint file (or ``builtin:<weights>``).
 
     overrides: config fields of the preset (e.g. num_frames=8, attention="explicit", drop_path_rate=0.1).
-    strict: refuse a file whose keys or shapes do not match exactly (CheckpointError naming them).
+    strict: refuse a file whose keys or shapes do not match exactly (CheckpointError naming them); False loads what
+        fits, logs a warning naming what stays as initialised and records the loader's report (``LoadReport``:
+        loaded, missing, unexpected, mismatched) as ``model.load_report``.
     """
     entry = model_entry(name)
     model = entry.builder(**overrides)
     if checkpoint is not None:
         if entry.loader is None:
             raise CheckpointError(f"model {name!r} has no checkpoint loader")
-        entry.loader(model, resolve_checkpoint(checkpoint, name), strict)
+        report = entry.loader(model, resolve_checkpoint(checkpoint, name), strict)
+        if report is not None:
+            model.load_report = report
     return model
 
 

@@ -44,7 +44,8 @@ def load_umt_checkpoint(model: nn.Module, path: str | Path, strict: bool = True)
     model or into a VisionTransformer (``vision_encoder.`` prefix handled).
 
     A vision-only file and a whole UMT: strict raises a CheckpointError that says so and how to load the vision
-    tower alone; strict=False loads the vision tower, logs that the text tower stays random and returns the report.
+    tower alone; strict=False loads the vision tower, logs a warning naming what stays as initialised (text tower,
+    projections, ITM head, temperature) and returns the report, whose ``missing`` lists those keys.
     """
     state, ignored, renamed = to_retrieval_layout(read_state_dict(path))
     from .model import UMT
@@ -62,13 +63,27 @@ def load_umt_checkpoint(model: nn.Module, path: str | Path, strict: bool = True)
                    "pass strict=False to keep the text tower as initialised")
         if strict:
             raise CheckpointError(message)
-        log.warning("%s: loaded the vision tower only; the text tower and heads stay as initialised", path)
-        fits.notes.append("vision-only file: text tower and heads not loaded")
+        stay = sorted(k for k in model.state_dict() if not k.startswith("vision_encoder."))
+        fits.missing = [f"vision_encoder.{k}" for k in fits.missing] + stay
+        fits.unexpected = [f"vision_encoder.{k}" for k in fits.unexpected]
+        fits.mismatched = [(f"vision_encoder.{k}", a, b) for k, a, b in fits.mismatched]
+        fits.notes.append("vision-only file: the text tower and heads were not in it")
         fits.ignored, fits.renamed_bert = ignored, renamed
+        log.warning("%s: a vision-only file, %d vision tensors loaded; these stay as initialised (random): %s",
+                    path, fits.loaded, group_keys(stay))
         return fits
     report = load_state_into(model, state, str(path), strict)
     report.ignored, report.renamed_bert = ignored, renamed
     return report
+
+
+def group_keys(keys: list[str]) -> str:
+    """State-dict keys summed up by module: "text_encoder (90 tensors), vision_proj (2 tensors), temp (1 tensor)"."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        top = key.split(".", 1)[0]
+        counts[top] = counts.get(top, 0) + 1
+    return ", ".join(f"{name} ({n} tensor{'s' if n != 1 else ''})" for name, n in counts.items())
 
 
 def _matching(model: nn.Module, state: Mapping[str, Tensor]) -> int:
