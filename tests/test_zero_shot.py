@@ -103,3 +103,48 @@ def test_class_names_from_a_file(tmp_path):
     assert t.class_names() == ["apply eye makeup", "Apply_Lipstick"]
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         ZeroShotClassificationTask(model="vificlip_tiny", class_names=str(tmp_path / "missing.csv"))
+
+
+@pytest.mark.slow
+def test_evaluate_py_zero_shot_compare_rows(data, tmp_path):
+    """python evaluate.py with a zero-shot config: compare rows (none / ToMe / vid-TLDR with the CLS in or out of
+    the saliency) give per-frame token counts and the unmerged row equals the in-process evaluation."""
+    config = tmp_path / "zs.yaml"
+    names = ", ".join(CLASS_NAMES)
+    config.write_text(f"""
+model:
+  class_path: vidtldr_pl.tasks.zero_shot.ZeroShotClassificationTask
+  init_args: {{model: vificlip_tiny, checkpoint: {data}/tiny.safetensors, model_overrides: {{num_frames: 4}}}}
+data:
+  class_path: data_modules.classification.VideoClassificationDataModule
+  init_args:
+    val: {data}/split1.txt
+    video_root: {data}/videos
+    class_names: [{names}]
+    protocol: segment
+    num_frames: 4
+    val_views: single
+    test_clips: 1
+    test_crops: 1
+    img_size: 32
+    eval_batch_size: 3
+    num_workers: 0
+split: validate
+trainer: {{accelerator: cpu, devices: 1, logger: false, enable_progress_bar: false}}
+compare:
+  - {{name: none, method: none}}
+  - {{name: ToMe, method: tome, r: [4, 2]}}
+  - {{name: vid-TLDR, method: vidtldr, r: [4, 2]}}
+  - {{name: vid-TLDR CLS out, method: vidtldr, r: [4, 2], method_options: {{prefix_in_saliency: false}}}}
+""")
+    proc = subprocess.run([sys.executable, str(HERE.parent / "evaluate.py"), "--config", str(config)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(next((tmp_path / "outputs").glob("results_*.json")).read_text())["runs"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["none"]["tokens_per_layer"] == [17, 17, 17]
+    for name in ("ToMe", "vid-TLDR", "vid-TLDR CLS out"):
+        assert by_name[name]["tokens_per_layer"] == [13, 11, 11], name
+    t = task(data / "tiny.safetensors")
+    make_trainer().validate(t, datamodule=datamodule(data, "split1"), verbose=False)
+    assert by_name["none"]["top1"] == pytest.approx(t.results["top1"])
