@@ -455,7 +455,7 @@ def row_cells(r: RowResult) -> list[str]:
     return [
         r.spec.path, r.spec.label, str(r.frames), str(r.batch), r.dtype, compact_tokens(r.tokens_per_layer),
         _gflops(r.gflops),
-        r.error if failed else _num(r.videos_per_s, ".1f"),
+        r.error if failed else _num(r.videos_per_s, ".1f" if (r.videos_per_s or 0) >= 10 else ".3g"),  # CPU: < 1 video/s
         _num(r.ms_per_batch, ".1f"), _num(r.peak_gib, ".2f"), _num(share, ".1f"),
         _num(r.vs_no_merge, ".2f", "x"), _num(r.vs_ref_vidtldr, ".2f", "x"),
     ]
