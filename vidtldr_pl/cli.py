@@ -325,6 +325,7 @@ def run_cli(stage: str, argv: list[str]) -> int:
     """
     from data_modules.annotations import AnnotationError
     from data_modules.video import VideoDecodeError
+    from vidtldr_pl.tasks.retrieval import IncompleteEvaluationError
     from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
 
     wanted = help_requested(argv)
@@ -343,7 +344,8 @@ def run_cli(stage: str, argv: list[str]) -> int:
             getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
         cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError, VideoDecodeError)):
+        while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError, VideoDecodeError,
+                                                           IncompleteEvaluationError)):
             cause = cause.__cause__ or cause.__context__
         if cause is None:
             raise
