@@ -8,12 +8,13 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from ..checkpoint import (  # noqa: F401  (re-exported: historical import path)
-    CheckpointError, LoadReport, _unwrap, load_state_into, read_state_dict, select_prefix, strip_prefix,
+    CheckpointError, LoadReport, load_state_into, read_state_dict, select_prefix, strip_prefix,
 )
+from ..checkpoint import convert as generic_convert
+from ..checkpoint import main as generic_main
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +96,18 @@ def _dry_report(model: nn.Module, state: Mapping[str, Tensor], path: str | Path)
     return LoadReport(path=str(path), loaded=_matching(model, state))
 
 
+def _umt_layout(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    state, ignored, _ = to_retrieval_layout(state)
+    return state, f" ({len(ignored)} pretraining-only keys dropped)"
+
+
 def convert(src: str, dst: str, trust: bool = False) -> None:
     """Rewrite a checkpoint as safetensors in the retrieval layout. ``trust`` allows full unpickling of src."""
-    from safetensors.torch import save_file
-
-    if trust:
-        obj = torch.load(src, map_location="cpu", weights_only=False)  # explicitly requested by the user
-        state = _unwrap(obj, Path(src))
-    else:
-        state = read_state_dict(src)
-    state, ignored, _ = to_retrieval_layout(state)
-    save_file({k: v.contiguous() for k, v in state.items()}, dst)
-    print(f"wrote {len(state)} tensors to {dst} ({len(ignored)} pretraining-only keys dropped)")
+    generic_convert(src, dst, trust, _umt_layout)
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Convert an official UMT checkpoint to safetensors.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument("--trust", action="store_true", help="unpickle arbitrary objects in SRC (only for files you trust)")
-    args = parser.parse_args(argv)
-    convert(args.src, args.dst, args.trust)
+    generic_main(argv, _umt_layout, "Convert an official UMT checkpoint to safetensors.")
 
 
 if __name__ == "__main__":
