@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from retrieval_bruteforce import TinyRetrievalData
 from vidtldr_pl.callbacks.progress import LogProgressBar
 from vidtldr_pl.progress import Progress, progress_enabled, track
 from vidtldr_pl.tasks import rerank_scores
@@ -156,7 +157,19 @@ class TinyFitData(pl.LightningDataModule):
         return DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2)
 
 
-@pytest.mark.slow  # in the full fast set an earlier test's global state hid the batch lines once: run apart
+class SlowTinyRetrievalData(TinyRetrievalData):
+    """Four test batches that each take 50 ms to load: the test phase outlasts the progress interval however fast
+    the model runs (a single fast batch printed no line at all on an idle CI machine)."""
+
+    def test_dataloader(self) -> DataLoader:
+        def collate(items):
+            time.sleep(0.05)
+            return torch.utils.data.default_collate(items)
+
+        loader = super().test_dataloader()
+        return DataLoader(loader.dataset, batch_size=1, collate_fn=collate)
+
+
 @pytest.mark.parametrize("stage", ["evaluate", "fit"])
 def test_cli_output_has_no_adverts_or_foreign_warnings(stage, tmp_path, monkeypatch, capfd):
     """evaluate.py / train.py print no Lightning "Tip", no ModelCheckpoint override note, no torch pytree
@@ -169,7 +182,7 @@ def test_cli_output_has_no_adverts_or_foreign_warnings(stage, tmp_path, monkeypa
     if stage == "evaluate":
         cfg.write_text("""
 model: {class_path: vidtldr_pl.tasks.RetrievalTask, init_args: {model: umt_tiny, k_test: 2}}
-data: {class_path: retrieval_bruteforce.TinyRetrievalData, init_args: {num_videos: 4}}
+data: {class_path: test_progress.SlowTinyRetrievalData, init_args: {num_videos: 4}}
 trainer: {accelerator: cpu, logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}}
 compare: [{method: none}, {method: tome, r: [4]}]
 """)
