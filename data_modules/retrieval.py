@@ -359,8 +359,10 @@ class SSv2TemplateDataModule(PresetRetrievalDataModule):
 class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
     """The embedded benchmark (data_modules.synthetic), generated into cache_dir on first use from the seed.
 
-    Args: seed (of the generated data and of the training order), num_train / num_val / num_test videos, frames and size of the written clips; everything else as
-    VideoTextRetrievalDataModule (num_frames sampled per clip, img_size, batch sizes, workers, ...).
+    Args: seed (of the generated data and of the training order), num_train / num_val / num_test videos, frames and
+    size of the written clips; tokenizer: "synthetic" (the WordPiece vocabulary generated with the data, for UMT) or
+    "clip" (CLIP's BPE, for vificlip_*); everything else as VideoTextRetrievalDataModule (num_frames sampled per clip,
+    img_size, batch sizes, workers, ...).
     """
 
     def __init__(
@@ -375,14 +377,19 @@ class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
         max_txt_len: int = 24,
         num_frames: int = 8,
         img_size: int = 112,
+        tokenizer: str = "synthetic",
         **kwargs,
     ) -> None:
+        if tokenizer not in ("synthetic", "clip"):
+            raise ValueError(f"tokenizer must be 'synthetic' or 'clip', got {tokenizer!r}")
         self.synthetic = (cache_dir, seed, {"train": num_train, "val": num_val, "test": num_test}, clip_frames, clip_size)
+        self.synthetic_tokenizer = tokenizer == "synthetic"
         root = Path(cache_dir) / "pending"
         super().__init__(
             test_annotation=str(root / "anno" / "test.json"), video_root=str(root / "videos"),
             val_annotation=str(root / "anno" / "val.json"), train_annotation=str(root / "anno" / "train.json"),
-            tokenizer=str(root / "tokenizer"), tokenizer_flavor="umt", max_txt_len=max_txt_len,
+            tokenizer=str(root / "tokenizer") if self.synthetic_tokenizer else "clip", tokenizer_flavor="umt",
+            max_txt_len=max_txt_len,
             num_frames=num_frames, img_size=img_size, seed=seed, **kwargs,
         )
 
@@ -399,7 +406,9 @@ class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
         for split, attr in (("train", "train_annotation"), ("val", "val_annotation"), ("test", "test_annotation")):
             if split in splits:
                 setattr(h, attr, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)
-        h.video_root, h.tokenizer = str(out / "videos"), str(out / "tokenizer")
+        h.video_root = str(out / "videos")
+        if self.synthetic_tokenizer:
+            h.tokenizer = str(out / "tokenizer")
 
     def prepare_data(self) -> None:
         trainer = getattr(self, "trainer", None)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
 import numpy as np
+
+from vidtldr_pl.progress import track
 
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross")
 COLOURS = {
@@ -47,8 +50,14 @@ class ObjectSpec:
     start: tuple[float, float]
 
 
-def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+def shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float,
+               angle: float = 0.0) -> np.ndarray:
+    """Boolean (H, W) mask of ``shape`` centred at (cy, cx) px with radius r px, turned by ``angle`` radians
+    (counter-clockwise on screen). yy, xx: (H, W) pixel coordinates."""
     dy, dx = yy - cy, xx - cx
+    if angle:
+        c, s = np.cos(angle), np.sin(angle)
+        dy, dx = c * dy + s * dx, c * dx - s * dy
     if shape == "circle":
         return dy**2 + dx**2 <= r**2
     if shape == "ring":
@@ -82,28 +91,62 @@ def sample_clip(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[list[Ob
     return objects, " and ".join(parts)
 
 
+@dataclass(frozen=True)
+class Scene:
+    """What surrounds the named objects: a drifting sin-cos texture with noise and grey distractor discs.
+
+    ``Scene.sample(rng, size, distractors)`` draws it; ``scene.frame(f)`` is frame f as float32 (size, size, 3) before the
+    foreground is painted (values may leave 0-255: clip after painting)."""
+
+    size: int
+    base: np.ndarray
+    freq: np.ndarray
+    phase: np.ndarray
+    drift: np.ndarray
+    noise: np.ndarray
+    distractors: tuple[tuple[np.ndarray, np.ndarray, float, float], ...]
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, size: int, distractors: int, drift: float = 2.0) -> Scene:
+        """drift: the texture moves up to this many px per frame along each axis (0: a still background)."""
+        s = size
+        base = rng.uniform(40, 150, 3)
+        freq = rng.uniform(0.05, 0.3, 2)
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        drift = rng.uniform(-drift, drift, 2)
+        noise = rng.normal(0, 12, (s, s, 3)).astype(np.float32)
+        dist = tuple((rng.uniform(0, s, 2), rng.normal(0, 1.5, 2), rng.uniform(0.03, 0.07) * s, rng.uniform(90, 170))
+                     for _ in range(distractors))
+        return cls(s, base, freq, phase, drift, noise, dist)
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """(yy, xx): pixel coordinates, each (size, size) float32."""
+        yy, xx = np.mgrid[0:self.size, 0:self.size].astype(np.float32)
+        return yy, xx
+
+    def frame(self, f: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        (fy, fx), drift, s = self.freq, self.drift, self.size
+        wave = np.sin(fy * (yy + drift[1] * f) + self.phase[0]) * np.cos(fx * (xx + drift[0] * f) + self.phase[1])
+        frame = self.base + 35 * wave[..., None] + np.roll(self.noise, (int(drift[1] * f), int(drift[0] * f)), axis=(0, 1))
+        for pos, vel, radius, grey in self.distractors:
+            cy, cx = pos + vel * f
+            frame[shape_mask("circle", yy, xx, cy % s, cx % s, radius)] = grey
+        return frame
+
+
 def render_clip(rng: np.random.Generator, objects: list[ObjectSpec], cfg: SyntheticConfig) -> np.ndarray:
     """(frames, size, size, 3) uint8: drifting textured background, grey distractors, then the named objects."""
     s, t = cfg.size, cfg.frames
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    base = rng.uniform(40, 150, 3)
-    fy, fx = rng.uniform(0.05, 0.3, 2)
-    phase = rng.uniform(0, 2 * np.pi, 2)
-    drift = rng.uniform(-2, 2, 2)
-    noise = rng.normal(0, 12, (s, s, 3)).astype(np.float32)
-    dist = [(rng.uniform(0, s, 2), rng.normal(0, 1.5, 2), rng.uniform(0.03, 0.07) * s, rng.uniform(90, 170)) for _ in range(cfg.distractors)]
+    scene = Scene.sample(rng, s, cfg.distractors)
+    yy, xx = scene.grid()
     video = np.empty((t, s, s, 3), dtype=np.uint8)
     for f in range(t):
-        wave = np.sin(fy * (yy + drift[1] * f) + phase[0]) * np.cos(fx * (xx + drift[0] * f) + phase[1])
-        frame = base + 35 * wave[..., None] + np.roll(noise, (int(drift[1] * f), int(drift[0] * f)), axis=(0, 1))
-        for pos, vel, radius, grey in dist:
-            cy, cx = pos + vel * f
-            frame[_shape_mask("circle", yy, xx, cy % s, cx % s, radius)] = grey
+        frame = scene.frame(f, yy, xx)
         for o in objects:
             dx, dy = MOTIONS[o.motion]
             travel = 0.6 * f / max(t - 1, 1)
             cy, cx = (o.start[0] + dy * travel) * s, (o.start[1] + dx * travel) * s
-            frame[_shape_mask(o.shape, yy, xx, cy, cx, SIZES[o.size] * s)] = COLOURS[o.colour]
+            frame[shape_mask(o.shape, yy, xx, cy, cx, SIZES[o.size] * s)] = COLOURS[o.colour]
         video[f] = np.clip(frame, 0, 255).astype(np.uint8)
     return video
 
@@ -123,6 +166,23 @@ def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
             container.mux(packet)
 
 
+def write_new_clip(path: Path, render: Callable[[], np.ndarray], fps: int) -> None:
+    """Write ``render()`` (T, H, W, 3) uint8 to ``path`` unless it exists. Written to a temporary name and renamed,
+    so a present file is complete (DDP ranks may write together)."""
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.mp4")
+    write_mp4(tmp, render(), fps)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: object) -> None:
+    """Atomic JSON write (temporary name, then rename)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=0))
+    os.replace(tmp, path)
+
+
 def generate_split(root: str | Path, split: str, num_videos: int, cfg: SyntheticConfig, ann_name: str | None = None) -> Path:
     """Write <root>/videos/<split>_<i>.mp4 and <root>/anno/<split>.json (UMT format); returns the JSON path.
 
@@ -135,20 +195,14 @@ def generate_split(root: str | Path, split: str, num_videos: int, cfg: Synthetic
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "anno").mkdir(exist_ok=True)
     entries = []
-    for i in range(num_videos):
+    for i in track(range(num_videos), f"generating synthetic {split} split", unit="clips"):
         rng = np.random.default_rng([cfg.seed, SPLITS[split], i])
         objects, caption = sample_clip(rng, cfg)
         name = f"{split}_{i:05d}.mp4"
-        path = root / "videos" / name
-        if not path.exists():
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.mp4")  # unique: DDP ranks may write together
-            write_mp4(tmp, render_clip(rng, objects, cfg), cfg.fps)
-            os.replace(tmp, path)
+        write_new_clip(root / "videos" / name, lambda: render_clip(rng, objects, cfg), cfg.fps)
         entries.append({"video": name, "caption": caption, "objects": [asdict(o) for o in objects]})
     ann = root / "anno" / (ann_name or f"{split}.json")
-    tmp = ann.with_name(f".{ann.stem}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries, indent=0))
-    os.replace(tmp, ann)
+    write_json(ann, entries)
     return ann
 
 

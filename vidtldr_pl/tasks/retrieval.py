@@ -188,7 +188,8 @@ class RetrievalTask(pl.LightningModule):
         gradient_checkpointing: recompute the vision blocks' attention / MLP in the backward pass (memory for time;
             merging runs outside the recomputed parts).
         save_best / save_every_n_steps: training checkpoints (``configure_callbacks``): the best by validation
-            text-to-video R@1 (``itm/img_r1``) plus ``last.ckpt``; and the latest two every N optimizer steps.
+            text-to-video R@1 (``itm/img_r1``; ``itc/img_r1`` for a dual encoder) plus ``last.ckpt``; and the latest
+            two every N optimizer steps.
         seed: seeds the hard-negative draws (one generator per step and process, so a resumed run draws the same).
 
     After an evaluation epoch, ``self.results`` holds ``itm/<key>`` and ``itc/<key>`` for the official keys plus
@@ -412,18 +413,34 @@ class RetrievalTask(pl.LightningModule):
             return None
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
+    def _temperature(self) -> Tensor:
+        """The VTC temperature, clamped as its model's recipe does: UMT's ``temp`` in [0.001, 0.5]; a CLIP-style
+        ``logit_scale`` at most log(100) (temperature 1 / exp(logit_scale))."""
+        if hasattr(self.model, "temp"):
+            with torch.no_grad():
+                self.model.temp.clamp_(0.001, 0.5)
+            return self.model.temp
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(100.0))
+        return self.model.logit_scale.exp().reciprocal()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """VTC (gathered over processes) + VTM with one hard negative per video and per text (official recipe)."""
+        """VTC (gathered over processes) + VTM with one hard negative per video and per text (official recipe); a
+        dual encoder (no ``itm_logits``) trains with VTC alone."""
         video, idx = batch["video"], batch["video_index"].long()
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        with torch.no_grad():
-            self.model.temp.clamp_(0.001, 0.5)
-        temp = self.model.temp
+        temp = self._temperature()
         tokens, pooled = self.model.encode_vision(video)
         text_hidden = self.model.encode_text(ids, mask)
         vision_feat, text_feat = self.model.vision_embed(pooled), self.model.text_embed(text_hidden)
         loss_vtc = vtc_loss(vision_feat, text_feat, idx, temp,
                             self._gather(vision_feat), self._gather(text_feat), self._gather(idx))
+        batch_size = video.shape[0]
+        if not callable(getattr(self.model, "itm_logits", None)):
+            loss = self.hparams.vtc_weight * loss_vtc
+            self.log_dict({"train/loss": loss, "train/vtc": loss_vtc}, prog_bar=True, batch_size=batch_size)
+            self.log("train/temp", temp.detach(), batch_size=batch_size)
+            return loss
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self._step_seed(batch_idx) + 1)
@@ -435,7 +452,6 @@ class RetrievalTask(pl.LightningModule):
         )
         loss_vtm = vtm_loss(logits, video.shape[0])
         loss = self.hparams.vtc_weight * loss_vtc + self.hparams.vtm_weight * loss_vtm
-        batch_size = video.shape[0]
         self.log_dict({"train/loss": loss, "train/vtc": loss_vtc, "train/vtm": loss_vtm}, prog_bar=True,
                       batch_size=batch_size)
         self.log("train/temp", temp.detach(), batch_size=batch_size)
@@ -541,8 +557,9 @@ class RetrievalTask(pl.LightningModule):
         if not fitting:
             return callbacks
         if self.hparams.save_best:
-            callbacks.append(ModelCheckpoint(monitor="itm/img_r1", mode="max", save_last=True,
-                                             filename="best-epoch{epoch}-t2v_r1_{itm/img_r1:.2f}",
+            ranking = "itm" if callable(getattr(self.model, "itm_logits", None)) else "itc"  # a dual encoder: ITC
+            callbacks.append(ModelCheckpoint(monitor=f"{ranking}/img_r1", mode="max", save_last=True,
+                                             filename=f"best-epoch{{epoch}}-t2v_r1_{{{ranking}/img_r1:.2f}}",
                                              auto_insert_metric_name=False))
         if self.hparams.save_every_n_steps:
             callbacks.append(ModelCheckpoint(monitor="step", mode="max", save_top_k=2, filename="step{step}",

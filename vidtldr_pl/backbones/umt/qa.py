@@ -307,8 +307,11 @@ _DESCRIPTIONS = {
     "umt_qa_b16": "UMT-QA ViT-B/16 (all video tokens, BERT-base question encoder, 3-layer answer decoder)",
     "umt_qa_l16": "UMT-QA ViT-L/16 (all video tokens, BERT-large question encoder, 5-layer answer decoder)",
     "umt_qa_tiny": "a tiny UMT-QA with the same classes, for tests",
-    "umt_qa_demo": "the demo-size UMT-QA for the synthetic QA benchmark (configs/demo_qa_umt.yaml); no weights shipped",
+    "umt_qa_demo": "the demo-size UMT-QA for the synthetic QA benchmark (configs/demo_qa_umt.yaml); weights "
+                   "builtin:umt_qa_demo_synthetic",
 }
+# preset -> {weights name: file under vidtldr_pl/weights}; README "The QA demo" says how they were trained
+QA_BUILTIN_WEIGHTS = {"umt_qa_demo": {"umt_qa_demo_synthetic": "umt_qa_demo_synthetic.safetensors"}}
 
 
 def _register() -> None:
@@ -319,7 +322,7 @@ def _register() -> None:
             return UMTQA(_preset(**overrides))
 
         register_model(name, loader=load_umt_qa_checkpoint, num_frames=frames, img_size=size, task="qa",
-                       description=_DESCRIPTIONS[name])(build)
+                       builtin_weights=QA_BUILTIN_WEIGHTS.get(name, {}), description=_DESCRIPTIONS[name])(build)
 
 
 _register()

@@ -166,7 +166,15 @@ VIFICLIP_CONFIGS = {
         {"embed_dim": 64, "depth": 3, "num_heads": 4, "img_size": 32, "patch_size": 8},
         {"num_frames": 4, "embed_dim": 32, "vocab_size": 49408, "context_length": 16, "text_width": 32,
          "text_layers": 2, "text_heads": 4}, **kw),
+    # the embedded demo (configs/demo_vificlip.yaml): umt_demo's vision widths (6 x 192, 96 px: 37 tokens a frame,
+    # GELU as UMT, so it starts from that encoder: scripts/init_from_umt_demo.py), 8 frames, a small text tower
+    "vificlip_demo": lambda **kw: _preset(
+        {"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "patch_size": 16, "act": "gelu"},
+        {"num_frames": 8, "embed_dim": 128, "vocab_size": 49408, "context_length": 32, "text_width": 64,
+         "text_layers": 4, "text_heads": 2}, **kw),
 }
+# preset -> {weights name: file under vidtldr_pl/weights}; README "The ViFi-CLIP demo" says how they were trained
+BUILTIN_WEIGHTS = {"vificlip_demo": {"vificlip_demo_synthetic": "vificlip_demo_synthetic.safetensors"}}
 
 
 class ViFiCLIP(nn.Module):
@@ -415,6 +423,8 @@ def _register() -> None:
     descriptions = {
         "vificlip_b16": "ViFi-CLIP: CLIP ViT-B/16 per frame (197 tokens, CLS protected) + CLIP text tower, 32 frames",
         "vificlip_tiny": "a tiny ViFi-CLIP-style dual encoder, for tests",
+        "vificlip_demo": "the embedded zero-shot demo (6 x 192 per frame, 8 frames at 96 px, 4 x 64 text tower); "
+                         "weights builtin:vificlip_demo_synthetic",
     }
     for name, preset in VIFICLIP_CONFIGS.items():
         probe = preset()
@@ -424,7 +434,7 @@ def _register() -> None:
 
         register_model(name, loader=_loader, num_frames=probe.num_frames, img_size=probe.vision.img_size,
                        mean=IMAGENET_MEAN, std=IMAGENET_STD, task="classification",
-                       description=descriptions[name])(build)
+                       builtin_weights=BUILTIN_WEIGHTS.get(name, {}), description=descriptions[name])(build)
 
 
 _register()
