@@ -4,7 +4,7 @@ Parts (each catches its own failure and records the error in the JSON; a global 
 fits in ``--budget``):
 
 * (a) encoder throughput and peak memory (``benchmarks/encoder_throughput.py``'s measurement): explicit vs fused vs
-  flex attention; no merging / ToMe / vid-TLDR (``FAST_METHODS``); UMT-B at 8 and 12 frames, batch 1 and 32, bf16
+  flex attention; no merging / ToMe / vid-TLDR / vid-TLDR RepShift (``FAST_METHODS``); UMT-B at 8 and 12 frames, batch 1 and 32, bf16
   and fp32; the merge step's share of the encoder time; VideoMAE-B rows;
 * (b) the saliency kernels: Triton (compiled) against the chunked PyTorch path and a float64 reference, the official
   block-stack fixtures through the Triton path, the fp32 reference-vs-fast encoder check, and
@@ -69,8 +69,8 @@ MSRVTT_R = "600,200,100"
 VIDEOMAE_R = "400,133,67"  # MSRVTT's token fractions on VideoMAE's 1568 tokens (no official VideoMAE schedule)
 DEMO_R = [72, 36, 18]  # configs/demo_umt.yaml's vid-TLDR schedule (288 tokens)
 # Merge methods of the fast-path rows (a), the VideoMAE rows (a) and the training step (d). A new method is one
-# entry once vidtldr_pl.merging.METHODS has it, e.g. the Representation-Shift variant.
-FAST_METHODS = ["tome", "vidtldr"]
+# entry once vidtldr_pl.merging.METHODS has it; vidtldr_repshift is vid-TLDR with the Representation-Shift saliency.
+FAST_METHODS = ["tome", "vidtldr", "vidtldr_repshift"]
 PARTS = {"a": "encoder throughput", "b": "saliency kernels", "c": "DeepSpeed fits", "d": "training step",
          "e": "torch.compile"}
 VERSION_PACKAGES = ("lightning", "triton", "deepspeed", "jsonargparse", "datasets", "av", "tokenizers", "timm",

@@ -7,8 +7,9 @@ import torch
 
 from vidtldr_pl.backbones.layers import ViTConfig, ViTEncoder
 from vidtldr_pl.merging import (
-    METHODS, AttentionInfo, MergeState, RandomDrop, RepShiftDrop, SaliencyDrop, VidTLDR, VidTLDRRepShift,
-    build_method, drop_lowest, find_mergeable, patch, sharpen, token_counts, vidtldr_saliency,
+    METHODS, AttentionInfo, MergeSetting, MergeState, RandomDrop, RepShiftDrop, SaliencyDrop, VidTLDR,
+    VidTLDRRepShift, apply_merge, bipartite_soft_matching, build_method, drop_lowest, find_mergeable, patch, sharpen,
+    token_counts, vidtldr_saliency,
 )
 from vidtldr_pl.merging.methods import random_keys
 
@@ -60,6 +61,8 @@ def test_registered_by_name():
 @pytest.mark.parametrize(("make", "needle"), [
     (lambda: VidTLDR(saliency="flow"), "unknown vid-TLDR saliency 'flow'"),
     (lambda: VidTLDR(position="mlp"), "position must be 'attn'"),
+    (lambda: VidTLDR(metric="values"), "unknown vid-TLDR metric 'values'"),
+    (lambda: VidTLDRRepShift(position="mlp", metric="keys"), "position must be 'attn'"),
     (lambda: RepShiftDrop(position="after"), "unknown merge position 'after'"),
     (lambda: RandomDrop(seed=0.5), "seed must be an integer"),
     (lambda: SaliencyDrop(chunk_size=0), "chunk_size"),
@@ -163,6 +166,22 @@ def test_vidtldr_repshift_weights_sources_by_the_sharpened_shift():
     assert torch.equal(plan.src_weight, sharpen(shift)[:, ::2].gather(1, plan.src_idx))
     with pytest.raises(ValueError, match="needs the representation shift"):
         VidTLDRRepShift().plan(x, None, 6, MergeState())
+
+
+def test_vidtldr_keys_metric_matches_as_tome_and_weights_by_the_saliency():
+    """metric="keys": the matching of ToMe (head-mean keys), the sources weighted by vid-TLDR's saliency."""
+    b, n = 2, 30
+    x = torch.randn(b, n, 8, generator=_g(0))
+    k = torch.randn(b, 2, n, 4, generator=_g(2))
+    shift = torch.rand(b, n, 1, generator=_g(1))
+    method = VidTLDRRepShift(metric="keys")
+    assert method.needs_attention and method.needs_shift
+    plan = method.plan(x, AttentionInfo(k=k), 6, MergeState(shift=shift))
+    reference = bipartite_soft_matching(k.mean(dim=1), 6, sort_unmerged=True, affine_scores=True)
+    assert torch.equal(plan.src_idx, reference.src_idx) and torch.equal(plan.dst_idx, reference.dst_idx)
+    assert torch.equal(plan.src_weight, sharpen(shift)[:, ::2].gather(1, plan.src_idx))
+    with pytest.raises(ValueError, match="needs the block's keys"):
+        method.plan(x, None, 6, MergeState(shift=shift))
 
 
 # ------------------------------------------------------------------------------------------------ in the block
@@ -301,3 +320,19 @@ def test_repshift_saliency_pays_no_saliency_pass():
     mlp_macs = 2 * cfg.embed_dim * int(cfg.embed_dim * cfg.mlp_ratio)  # per token: fc1 + fc2
     extra = (fused["repshift_drop"].encoder_gmacs - fused["random_drop"].encoder_gmacs) * 1e9
     assert extra == pytest.approx((16 + 8) * mlp_macs)
+
+
+def test_repshift_with_keys_costs_tomes_flops():
+    """vid-TLDR RepShift matching on ToMe's keys: ToMe's GFLOPs exactly (the shift's L2 norm is not a matmul);
+    on the hidden state it adds the C-wide matching."""
+    from vidtldr_pl.backbones import create_model
+    from vidtldr_pl.flops import encoder_flops
+
+    flops = {}
+    for name, method, options in (("tome", "tome", {}), ("keys", "vidtldr_repshift", {"metric": "keys"}),
+                                  ("hidden", "vidtldr_repshift", {})):
+        with torch.device("meta"):
+            enc = find_mergeable(create_model("umt_tiny"))[0]
+        apply_merge(enc, MergeSetting(method=method, r=[16, 8], method_options=options))
+        flops[name] = encoder_flops(enc).gflops
+    assert flops["keys"] == flops["tome"] < flops["hidden"]
