@@ -102,12 +102,16 @@ CLASSIFICATION_COLUMNS = (("top-1", "top1"), ("top-5", "top5"))
 
 def results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     """The rows as a rich table. Retrieval rows: ITM re-ranked metrics both ways; classification rows: top-1 / top-5;
-    both then GFLOPs (and the ratio to the first row), tokens per layer and throughput (per video for retrieval, per
-    view for classification, where one video is several views). Other tasks: every number they logged."""
+    QA / multiple-choice rows: accuracy, and per question type when the annotations have types; all then GFLOPs (and
+    the ratio to the first row), tokens per layer and throughput (per video for retrieval, per view for
+    classification, where one video is several views). Other tasks: every number they logged."""
     table = Table(title=title)
     table.add_column("method", justify="left")
     known = next((cols for cols in (TABLE_COLUMNS, CLASSIFICATION_COLUMNS)
                   if rows and all(key in rows[0] for _, key in cols)), None)
+    if known is None and rows and "acc" in rows[0]:
+        types = [k for k in rows[0] if k.startswith("acc/")]
+        known = (("acc", "acc"), *((k.removeprefix("acc/"), k) for k in types))
     if known:
         columns = list(known)
     else:
