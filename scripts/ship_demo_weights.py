@@ -48,6 +48,8 @@ DEMOS = {
         "itm/img_r1", "itm/img_r5", "itm/txt_r1", "itm/r_mean", "itc/img_r1", "itc/txt_r1", "itc/r_mean")),
     "videomae_demo_synthetic": Demo("demo_videomae.yaml", "videomae_demo", ("top1", "top5")),
     "umt_qa_demo_synthetic": Demo("demo_qa_umt.yaml", "umt_qa_demo", ("qa/acc",)),
+    "vificlip_demo_synthetic": Demo("demo_vificlip_train.yaml", "vificlip_demo", (
+        "itc/img_r1", "itc/img_r5", "itc/txt_r1", "itc/r_mean")),
 }
 
 

@@ -114,6 +114,9 @@ class ClassificationTask(VideoTask):
     """
 
     checkpoint_monitor = "top1"
+    # subclass __init__ arguments kept out of the saved hyperparameters (save_hyperparameters reads the callers'
+    # frames too); a subclass saves them under its own names
+    hparams_ignore: tuple[str, ...] = ()
     checkpoint_filename = "best-epoch{epoch}-top1_{top1:.2f}"
     lr_schedule = staticmethod(warmup_cosine_floor)
 
@@ -140,7 +143,7 @@ class ClassificationTask(VideoTask):
         gather_chunk: int = 4096,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        self.save_hyperparameters(ignore=[*self.hparams_ignore, *(["model"] if isinstance(model, nn.Module) else [])])
         if isinstance(model, nn.Module):
             if checkpoint is not None or model_overrides:
                 raise ValueError("checkpoint / model_overrides apply to a model name; load a model object yourself")

@@ -48,6 +48,10 @@ class ZeroShotClassificationTask(ClassificationTask):
         gather_chunk: rows per process per collective when gathering the per-view probabilities.
     """
 
+    # saved as "prompt_class_names": the classification DataModules have a class_names hparam too, and Lightning
+    # refuses to log two different values under one key
+    hparams_ignore = ("class_names", "prompt_template")
+
     def __init__(self, model: str | nn.Module = "vificlip_b16", checkpoint: str | None = None,
                  model_overrides: dict | None = None, class_names: list[str] | str | None = None,
                  prompt_template: str = PROMPT_TEMPLATE, gather_chunk: int = 4096) -> None:
@@ -56,11 +60,11 @@ class ZeroShotClassificationTask(ClassificationTask):
         super().__init__(model=model, checkpoint=checkpoint, model_overrides=model_overrides, gather_chunk=gather_chunk)
         if not hasattr(self.model, "set_class_names"):
             raise ValueError(f"{type(self.model).__name__} has no set_class_names: zero-shot needs a dual encoder")
-        self.save_hyperparameters({"class_names": class_names, "prompt_template": prompt_template})
+        self.save_hyperparameters({"prompt_class_names": class_names, "prompt_template": prompt_template})
         self._file_names = read_class_name_file(class_names) if isinstance(class_names, str) else None
 
     def class_names(self) -> list[str]:
-        names = self._file_names if self._file_names is not None else self.hparams.class_names
+        names = self._file_names if self._file_names is not None else self.hparams.prompt_class_names
         if names is None:
             dm = getattr(self.trainer, "datamodule", None)
             names = getattr(dm, "class_names", None)
