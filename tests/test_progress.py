@@ -59,6 +59,21 @@ def test_short_phase_disabled_phase_and_other_ranks_are_silent(monkeypatch):
     assert not progress_enabled()
 
 
+def test_short_phases_after_a_silence_each_say_they_start():
+    """Short phases one after another would leave a log silent for their sum: after an interval without a line,
+    a phase writes its first line when it starts; right after a line, a short phase stays silent."""
+    stream = io.StringIO()
+    list(track(range(2), "first", stream=stream, interval=0.05, enabled=True, terminal=False))
+    assert stream.getvalue() == ""  # a new stream has not been silent yet
+    time.sleep(0.08)
+    list(track(range(2), "second", stream=stream, interval=0.05, enabled=True, terminal=False))
+    list(track(range(2), "third", stream=stream, interval=0.05, enabled=True, terminal=False))
+    time.sleep(0.08)
+    list(track(range(2), "fourth", stream=stream, interval=0.05, enabled=True, terminal=False))
+    starts = [line.split(":")[0] for line in _lines(stream) if "0/2 steps (0 %)" in line]
+    assert starts == ["second", "fourth"], _lines(stream)
+
+
 def test_terminal_gets_a_live_bar_not_lines():
     class Tty(io.StringIO):
         def isatty(self) -> bool:

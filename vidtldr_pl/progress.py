@@ -2,7 +2,8 @@
 
 One rule everywhere: on a terminal a live rich bar (on stderr, removed when done); elsewhere (CI logs, pipes, files)
 a plain line on stderr at least every ``interval`` seconds while a phase runs, so a log never goes quiet for long,
-and nothing for phases shorter than that. Silent on processes other than rank 0 and with ``VIDTLDR_PROGRESS=0``.
+and nothing for phases shorter than that, unless the stream has had no progress line for ``interval`` seconds: then
+a phase says so when it starts (several short phases in a row would otherwise leave a long silence). Silent on processes other than rank 0 and with ``VIDTLDR_PROGRESS=0``.
 
     from vidtldr_pl.progress import track
     for i in track(range(n), "generating clips", unit="clips"):
@@ -19,12 +20,23 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 
 DEFAULT_INTERVAL_S = 5.0  # a line at most this far apart in logs (the goal is 10 s; half leaves room on a busy CPU)
+_LAST_LINE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # stream -> when a progress line last went to it
+
+
+def _silent_for(stream: TextIO) -> float:
+    """Seconds since the last progress line on ``stream`` (since it was first seen, for a new stream)."""
+    now = time.monotonic()
+    try:
+        return now - _LAST_LINE.setdefault(stream, now)
+    except TypeError:  # a stream that takes no weak reference: never counts as silent
+        return 0.0
 
 
 def progress_enabled() -> bool:
@@ -125,6 +137,9 @@ class Progress:
             self._rich.start()
             self._task = self._rich.add_task(self._label(), total=self.total)
             return
+        if _silent_for(stream) >= self._interval:  # short phases one after another: say each, so the log never
+            self._write(self.line())                # stays silent for more than about one interval
+            self._printed = True
         self._thread = threading.Thread(target=self._heartbeat, name="vidtldr-progress", daemon=True)
         self._thread.start()
 
@@ -166,6 +181,10 @@ class Progress:
             stream.write(text + "\n")
             stream.flush()
         except (ValueError, OSError):  # stream closed at interpreter exit
+            pass
+        try:
+            _LAST_LINE[stream] = time.monotonic()
+        except TypeError:
             pass
 
     def _heartbeat(self) -> None:
