@@ -35,3 +35,9 @@ def test_classification_and_other_rows():
     assert headers[:3] == ["method", "top-1", "top-5"] and headers[-1] == "views/s"
     headers, _ = _render([{"name": "a", "method": "x", "loss": 0.5, "gflops": 1.0}])
     assert headers == ["method", "loss", "gflops"]
+
+
+def test_dual_encoder_retrieval_rows_show_the_itc_ranking():
+    keys = ("img_r1", "img_r5", "img_r10", "img_MdR", "txt_r1", "txt_r5", "txt_r10", "txt_MdR")
+    headers, text = _render([_row("none", 1.7, [37] * 6, **{f"itc/{k}": 40.0 for k in keys})])
+    assert headers[:3] == ["method", "t2v R@1", "t2v R@5"] and headers[-1] == "videos/s" and "40.00" in text

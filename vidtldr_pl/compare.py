@@ -97,17 +97,19 @@ TABLE_COLUMNS = (
     ("t2v R@1", "itm/img_r1"), ("t2v R@5", "itm/img_r5"), ("t2v R@10", "itm/img_r10"), ("t2v MdR", "itm/img_MdR"),
     ("v2t R@1", "itm/txt_r1"), ("v2t R@5", "itm/txt_r5"), ("v2t R@10", "itm/txt_r10"), ("v2t MdR", "itm/txt_MdR"),
 )
+ITC_COLUMNS = tuple((header, key.replace("itm/", "itc/")) for header, key in TABLE_COLUMNS)  # dual encoders
 CLASSIFICATION_COLUMNS = (("top-1", "top1"), ("top-5", "top5"))
 
 
 def results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
-    """The rows as a rich table. Retrieval rows: ITM re-ranked metrics both ways; classification rows: top-1 / top-5;
+    """The rows as a rich table. Retrieval rows: ITM re-ranked metrics both ways (ITC for a dual encoder, which has no
+    ITM); classification rows: top-1 / top-5;
     QA / multiple-choice rows: accuracy, and per question type when the annotations have types; all then GFLOPs (and
     the ratio to the first row), tokens per layer and throughput (per video for retrieval, per view for
     classification, where one video is several views). Other tasks: every number they logged."""
     table = Table(title=title)
     table.add_column("method", justify="left")
-    known = next((cols for cols in (TABLE_COLUMNS, CLASSIFICATION_COLUMNS)
+    known = next((cols for cols in (TABLE_COLUMNS, ITC_COLUMNS, CLASSIFICATION_COLUMNS)
                   if rows and all(key in rows[0] for _, key in cols)), None)
     if known is None and rows and "acc" in rows[0]:
         types = [k for k in rows[0] if k.startswith("acc/")]
