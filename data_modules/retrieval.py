@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from vidtldr_pl.text import BertWordPieceTokenizer
 
 from .annotations import RetrievalIndex, build_index, read_annotations
+from .generated import GeneratedOnFirstUse
 from .sampling import ResumableDataLoader, ResumableSampler
 from .transforms import VideoTestTransform, VideoTrainTransform
 from .video import VideoDecoder
@@ -356,7 +357,7 @@ class SSv2TemplateDataModule(PresetRetrievalDataModule):
     preset, title = "ssv2_template", "SSv2-Template"
 
 
-class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
+class SyntheticRetrievalDataModule(GeneratedOnFirstUse, VideoTextRetrievalDataModule):
     """The embedded benchmark (data_modules.synthetic), generated into cache_dir on first use from the seed.
 
     Args: seed (of the generated data and of the training order), num_train / num_val / num_test videos, frames and
@@ -409,12 +410,3 @@ class SyntheticRetrievalDataModule(VideoTextRetrievalDataModule):
         h.video_root = str(out / "videos")
         if self.synthetic_tokenizer:
             h.tokenizer = str(out / "tokenizer")
-
-    def prepare_data(self) -> None:
-        trainer = getattr(self, "trainer", None)
-        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else None
-        self._resolve((stage,) if stage in ("fit", "validate", "test", "predict") else ("test",))
-
-    def setup(self, stage: str) -> None:
-        self._resolve((stage,))  # idempotent: resolves the generated paths in every process
-        super().setup(stage)

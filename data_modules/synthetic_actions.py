@@ -19,6 +19,7 @@ import numpy as np
 from vidtldr_pl.progress import track
 
 from .classification import VideoClassificationDataModule
+from .generated import GeneratedOnFirstUse
 from .synthetic import COLOURS, MOTIONS, SIZES, SPLITS, Scene, shape_mask, write_json, write_new_clip
 
 ACTION_SHAPES = ("circle", "square", "triangle")
@@ -141,7 +142,7 @@ def ensure_action_dataset(root: str | Path, cfg: ActionConfig, sizes: dict[str, 
     return out
 
 
-class SyntheticActionDataModule(VideoClassificationDataModule):
+class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModule):
     """The embedded action benchmark, generated into ``cache_dir`` from the seed on first use (only the splits a
     stage reads), then read as any labelled-video set: single view, ``num_frames`` frames one per segment (random
     in each segment for training, the segment starts for testing, the midpoints for validation).
@@ -196,15 +197,6 @@ class SyntheticActionDataModule(VideoClassificationDataModule):
         for split in splits:
             setattr(h, split, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)
         h.video_root = str(out / "videos")
-
-    def prepare_data(self) -> None:
-        trainer = getattr(self, "trainer", None)
-        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else None
-        self._resolve((stage,) if stage in ("fit", "validate", "test", "predict") else ("test",))
-
-    def setup(self, stage: str) -> None:
-        self._resolve((stage,))  # idempotent: resolves the generated paths in every process
-        super().setup(stage)
 
 
 __all__ = ["ACTIONS", "ActionConfig", "Actor", "ensure_action_dataset", "generate_action_split", "render_action_clip",

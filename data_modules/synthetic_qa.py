@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .generated import GeneratedOnFirstUse
 from .qa import MultipleChoiceDataModule, VideoQADataModule
 from .synthetic import COLOURS, MOTIONS, SHAPES, SIZES, SPLITS, SyntheticConfig, ensure_dataset, vocabulary
 
@@ -88,7 +89,7 @@ def ensure_qa_dataset(root: str | Path, cfg: SyntheticConfig, sizes: dict[str, i
     return out
 
 
-class SyntheticQADataModule(VideoQADataModule):
+class SyntheticQADataModule(GeneratedOnFirstUse, VideoQADataModule):
     """QA over the embedded benchmark, generated into cache_dir on first use from the seed.
 
     Args: cache_dir, seed, num_train / num_val / num_test clips, clip_frames / clip_size of the written clips;
@@ -120,15 +121,6 @@ class SyntheticQADataModule(VideoQADataModule):
         h.video_root, h.tokenizer = str(out / "videos"), str(out / "qa_tokenizer")
         h.answer_list = str(out / "anno" / "qa_answer_list.json")
         self._anns, self._answer_list, self._tokenizer = {}, None, None
-
-    def prepare_data(self) -> None:
-        trainer = getattr(self, "trainer", None)
-        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else None
-        self._resolve((stage,) if stage in ("fit", "validate", "test", "predict") else ("test",))
-
-    def setup(self, stage: str) -> None:
-        self._resolve((stage,))
-        super().setup(stage)
 
 
 # ---------------------------------------------------------------------- multiple choice
