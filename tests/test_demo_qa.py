@@ -39,7 +39,14 @@ def _readme_table() -> dict[str, list[str]]:
     assert COMMAND in readme
     section = readme[readme.index("## The QA demo"):]
     section = section[:section.index("\n## ", 5)]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method | acc | colour"))
+    table = []
+    for line in lines[start:]:  # the QA table, up to the first line that is not a table row
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    rows = [line.strip("|").split("|") for line in table if not line.startswith("|---")]
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
 
 
