@@ -69,9 +69,8 @@ def test_dual_encoder_fit_moves_both_towers_and_the_scale_and_checkpoints_by_itc
     for name in ("logit_scale", "proj", "text.text_projection", "encoder.blocks.0.attn.qkv.weight",
                  "text.transformer.resblocks.0.attn.in_proj_weight"):
         assert not torch.equal(before[name], after[name]), name
-    task.hparams.save_best = True
-    monitors = [getattr(cb, "monitor", None) for cb in task.configure_callbacks()]
-    assert "itc/img_r1" in monitors and "itm/img_r1" not in monitors
+    assert task.checkpoint_monitor == "itc/img_r1" and "{itc/img_r1:.2f}" in task.checkpoint_filename
+    assert RetrievalTask("umt_tiny").checkpoint_monitor == "itm/img_r1"
 
 
 def test_synthetic_retrieval_data_in_clip_bpe(tmp_path):

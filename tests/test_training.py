@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from vidtldr_pl.callbacks import TokenMerging
 from vidtldr_pl.tasks import RetrievalTask
 from vidtldr_pl.tasks.losses import sample_hard_negatives, same_video_mask, vtc_loss, vtm_loss
-from vidtldr_pl.tasks.retrieval import warmup_cosine
+from vidtldr_pl.tasks.optim import warmup_cosine
 
 
 def _feats(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
@@ -30,6 +29,7 @@ from ..merging import MergeSetting, apply_merge, find_mergeable
 from ..metrics.retrieval import retrieval_metrics
 from ..progress import Progress, progress_enabled, track
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
+from .base import VideoTask
 from .losses import sample_hard_negatives, vtc_loss, vtm_loss
 
 log = logging.getLogger(__name__)
@@ -151,15 +151,7 @@ def _sink_missing(s_v2t: Tensor, s_t2v: Tensor, missing: Sequence[int],
     return s_v2t, s_t2v
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier of the official scheduler: linear warm-up from 0, then cosine down to ``min_lr_ratio``."""
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return max(min_lr_ratio, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
-
-
-class RetrievalTask(pl.LightningModule):
+class RetrievalTask(VideoTask):
     """UMT video-text retrieval: fine-tuning (VTC + VTM with hard negatives) and validation / test with the official
     ITC + ITM re-ranking protocol.
 
@@ -241,7 +233,6 @@ class RetrievalTask(pl.LightningModule):
         self.offload_dtype = getattr(torch, offload_dtype) if offload_dtype else None
         self.reuse_text_features = reuse_text_features
         self.results: dict[str, Any] = {}
-        self._schedule: tuple[int, int] | None = None  # (warm-up steps, total steps), known once training runs
         self._text_cache: dict[str, tuple[Tensor, dict[str, Tensor]]] = {}
         self._reset()
 
@@ -457,16 +448,6 @@ class RetrievalTask(pl.LightningModule):
         self.log("train/temp", temp.detach(), batch_size=batch_size)
         return loss
 
-    def _step_seed(self, batch_idx: int) -> int:
-        """A seed fixed by (seed, optimizer step, micro-batch, process): what a resumed run draws again."""
-        rank, world = rank_and_world()
-        micro = batch_idx % max(1, self.trainer.accumulate_grad_batches)
-        return ((self.hparams.seed * 1_000_003 + self.global_step) * 64 + micro) * max(world, 1) * 2 + rank * 2
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # dropout / drop-path draws per step, independent of what ran before (exact resume)
-        torch.manual_seed(self._step_seed(batch_idx) % 2**63)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._text_cache = {}  # the text encoder changed
 
@@ -484,24 +465,7 @@ class RetrievalTask(pl.LightningModule):
             optimizer = DeepSpeedCPUAdam(groups, lr=h.lr, betas=tuple(h.betas), adamw_mode=True)
         else:
             raise ValueError(f"optimizer must be 'adamw' or 'deepspeed_cpu_adam', got {h.optimizer!r}")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_factor(self, step: int) -> float:
-        """The warm-up + cosine multiplier at optimizer step ``step``.
-
-        The run's length is read on the first step after 0, not when the optimizer is built: asking the trainer for
-        ``estimated_stepping_batches`` there would build the training loader before a resumed run's progress is
-        restored, and the resumed epoch would start from the wrong data position. Step 0 needs no length (0 with a
-        warm-up, 1 without)."""
-        if step == 0:
-            return 0.0 if self.hparams.warmup_epochs > 0 else 1.0
-        if self._schedule is None:
-            total = int(self.trainer.estimated_stepping_batches)
-            epochs = max(1, self.trainer.max_epochs or 1)
-            self._schedule = (round(self.hparams.warmup_epochs * total / epochs), total)
-        warmup, total = self._schedule
-        return warmup_cosine(step, warmup, total, self.hparams.min_lr_ratio)
+        return self._scheduled(optimizer)
 
     def _param_groups(self) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
         """(decay, no_decay) named trainable parameters, in the optimizer's order."""
@@ -541,31 +505,17 @@ class RetrievalTask(pl.LightningModule):
         return [(torch.cat([c[layer][0] for c in chunks]), torch.cat([c[layer][1] for c in chunks]))
                 for layer in range(len(chunks[0]))]
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """``EncoderStats`` (unless the trainer has one) and, when fitting, the checkpoints of a fine-tuning run (they
-        replace ModelCheckpoint callbacks given to the trainer). Evaluation adds no checkpoint callback, so Lightning
-        has nothing to override."""
-        from lightning.pytorch.callbacks import ModelCheckpoint
+    @property
+    def checkpoint_monitor(self) -> str:
+        """The best checkpoint's metric: text-to-video R@1 after ITM re-ranking (ITC for a dual encoder)."""
+        return f"{self._ranking()}/img_r1"
 
-        from ..callbacks.measure import EncoderStats
+    @property
+    def checkpoint_filename(self) -> str:
+        return f"best-epoch{{epoch}}-t2v_r1_{{{self._ranking()}/img_r1:.2f}}"
 
-        callbacks: list[pl.Callback] = []
-        trainer = self._trainer
-        if trainer is None or not any(isinstance(cb, EncoderStats) for cb in trainer.callbacks):
-            callbacks.append(EncoderStats())
-        fitting = trainer is not None and trainer.state.fn == "fit"
-        if not fitting:
-            return callbacks
-        if self.hparams.save_best:
-            ranking = "itm" if callable(getattr(self.model, "itm_logits", None)) else "itc"  # a dual encoder: ITC
-            callbacks.append(ModelCheckpoint(monitor=f"{ranking}/img_r1", mode="max", save_last=True,
-                                             filename=f"best-epoch{{epoch}}-t2v_r1_{{{ranking}/img_r1:.2f}}",
-                                             auto_insert_metric_name=False))
-        if self.hparams.save_every_n_steps:
-            callbacks.append(ModelCheckpoint(monitor="step", mode="max", save_top_k=2, filename="step{step}",
-                                             every_n_train_steps=self.hparams.save_every_n_steps,
-                                             auto_insert_metric_name=False))
-        return callbacks
+    def _ranking(self) -> str:
+        return "itm" if callable(getattr(self.model, "itm_logits", None)) else "itc"
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_validation_epoch_start(self) -> None:
