@@ -3,7 +3,12 @@
 node); ``setup`` resolves them again in every process (idempotent) before the DataModule's own setup."""
 from __future__ import annotations
 
-STAGES = ("fit", "validate", "test", "predict")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+def stage_splits(stages: tuple[str, ...]) -> set[str]:
+    """The splits these Lightning stages read, e.g. ("fit",) -> {"train", "val"}."""
+    return {split for stage in stages for split in STAGE_SPLITS[stage]}
 
 
 class GeneratedOnFirstUse:
@@ -16,7 +21,7 @@ class GeneratedOnFirstUse:
     def prepare_data(self) -> None:
         trainer = getattr(self, "trainer", None)
         stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else None
-        self._resolve((stage,) if stage in STAGES else ("test",))
+        self._resolve((stage,) if stage in STAGE_SPLITS else ("test",))
 
     def setup(self, stage: str) -> None:
         self._resolve((stage,))

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from vidtldr_pl.text import BertWordPieceTokenizer
 
 from .annotations import RetrievalIndex, build_index, read_annotations
-from .generated import GeneratedOnFirstUse
+from .generated import GeneratedOnFirstUse, stage_splits
 from .sampling import ResumableDataLoader, ResumableSampler
 from .transforms import VideoTestTransform, VideoTrainTransform
 from .video import VideoDecoder
@@ -399,10 +399,9 @@ class SyntheticRetrievalDataModule(GeneratedOnFirstUse, VideoTextRetrievalDataMo
         from .synthetic import SyntheticConfig, ensure_dataset
 
         cache_dir, seed, sizes, frames, size = self.synthetic
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        splits = {s for stage in stages for s in wanted[stage]}
-        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size),
-                             {k: (v if k in splits else 0) for k, v in sizes.items()})
+        splits = stage_splits(stages)
+        wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
+        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), wanted)
         h = self.hparams
         for split, attr in (("train", "train_annotation"), ("val", "val_annotation"), ("test", "test_annotation")):
             if split in splits:

@@ -50,14 +50,9 @@ class ObjectSpec:
     start: tuple[float, float]
 
 
-def shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float,
-               angle: float = 0.0) -> np.ndarray:
-    """Boolean (H, W) mask of ``shape`` centred at (cy, cx) px with radius r px, turned by ``angle`` radians
-    (counter-clockwise on screen). yy, xx: (H, W) pixel coordinates."""
+def shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    """Boolean (H, W) mask of ``shape`` centred at (cy, cx) px with radius r px. yy, xx: (H, W) pixel coordinates."""
     dy, dx = yy - cy, xx - cx
-    if angle:
-        c, s = np.cos(angle), np.sin(angle)
-        dy, dx = c * dy + s * dx, c * dx - s * dy
     if shape == "circle":
         return dy**2 + dx**2 <= r**2
     if shape == "ring":
@@ -95,8 +90,8 @@ def sample_clip(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[list[Ob
 class Scene:
     """What surrounds the named objects: a drifting sin-cos texture with noise and grey distractor discs.
 
-    ``Scene.sample(rng, size, distractors)`` draws it; ``scene.frame(f)`` is frame f as float32 (size, size, 3) before the
-    foreground is painted (values may leave 0-255: clip after painting)."""
+    ``Scene.sample(rng, size, distractors, drift)`` draws it; ``scene.frame(f, *scene.grid())`` is frame f as float32
+    (size, size, 3) before the foreground is painted (values may leave 0-255: clip after painting)."""
 
     size: int
     base: np.ndarray

@@ -1,6 +1,6 @@
 """The action-recognition version of the synthetic benchmark: one coloured actor per clip, and its class is what it
-is and where it goes: 3 shapes x 4 directions = 12 classes ("circle moving left", ...), over the textured, drifting
-background and grey distractors of ``data_modules.synthetic``; ``SyntheticActionDataModule`` generates it on first
+is and where it goes: 3 shapes x 4 directions = 12 classes ("circle moving left", ...), over the textured background
+(still by default) and wandering grey distractors of ``data_modules.synthetic``; ``SyntheticActionDataModule`` generates it on first
 use and serves it as a classification DataModule.
 
 A person tells the classes apart at a glance, but a model must look at the actor: it covers about 4-13 % of the
@@ -19,11 +19,11 @@ import numpy as np
 from vidtldr_pl.progress import track
 
 from .classification import VideoClassificationDataModule
-from .generated import GeneratedOnFirstUse
+from .generated import GeneratedOnFirstUse, stage_splits
 from .synthetic import COLOURS, MOTIONS, SIZES, SPLITS, Scene, shape_mask, write_json, write_new_clip
 
 ACTION_SHAPES = ("circle", "square", "triangle")
-# class names, in label order (also zero-shot prompts: "a " + name)
+# class names, in label order
 ACTIONS = tuple(f"{shape} moving {motion}" for shape in ACTION_SHAPES for motion in MOTIONS)
 STREAM = 1  # separates the action set's random streams from the retrieval set's (same seed, other clips)
 
@@ -190,9 +190,9 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
     def _resolve(self, stages: tuple[str, ...]) -> None:
         """Generate the splits these stages read (once, into cache_dir) and point the annotations at them."""
         cache_dir, cfg, sizes = self.synthetic
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        splits = {s for stage in stages for s in wanted[stage]}
-        out = ensure_action_dataset(cache_dir, cfg, {k: (v if k in splits else 0) for k, v in sizes.items()})
+        splits = stage_splits(stages)
+        wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
+        out = ensure_action_dataset(cache_dir, cfg, wanted)
         h = self.hparams
         for split in splits:
             setattr(h, split, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .generated import GeneratedOnFirstUse
+from .generated import GeneratedOnFirstUse, stage_splits
 from .qa import MultipleChoiceDataModule, VideoQADataModule
 from .synthetic import COLOURS, MOTIONS, SHAPES, SIZES, SPLITS, SyntheticConfig, ensure_dataset, vocabulary
 
@@ -110,10 +110,9 @@ class SyntheticQADataModule(GeneratedOnFirstUse, VideoQADataModule):
 
     def _resolve(self, stages: tuple[str, ...]) -> None:
         cache_dir, seed, sizes, frames, size = self.synthetic
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        splits = {s for stage in stages for s in wanted[stage]}
-        out = ensure_qa_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size),
-                                {k: (v if k in splits else 0) for k, v in sizes.items()})
+        splits = stage_splits(stages)
+        wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
+        out = ensure_qa_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), wanted)
         h = self.hparams
         for split, attr in (("train", "train_annotation"), ("val", "val_annotation"), ("test", "test_annotation")):
             if split in splits:

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from readme_demo import run_demo
 from vidtldr_pl.backbones.umt.model import BUILTIN_WEIGHTS, WEIGHTS_DIR, create_umt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +36,7 @@ def test_readme_main_command_evaluates_the_shipped_model(tmp_path):
     assert "python evaluate.py --config configs/demo_umt.yaml" in readme
     cfg = yaml.safe_load(CONFIG.read_text())
     assert cfg["data"]["init_args"]["num_test"] >= 500
-    out = tmp_path / "demo.json"
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "evaluate.py", "--config", "configs/demo_umt.yaml", f"--results={out}",
-         f"--data.init_args.cache_dir={tmp_path / 'synthetic'}", "--trainer.logger=false"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = json.loads(out.read_text())["runs"]
+    proc, runs = run_demo("configs/demo_umt.yaml", tmp_path)
     assert [r["name"] for r in runs] == [c["name"] for c in cfg["compare"]]
     plain, tome, vidtldr = runs
     assert plain["num_videos"] == cfg["data"]["init_args"]["num_test"]

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from readme_demo import readme_table, run_demo
 from vidtldr_pl.backbones import create_model, pretrained_cfg
 from vidtldr_pl.backbones.registry import WEIGHTS_DIR
 
@@ -34,37 +32,15 @@ def test_shipped_weights_load_strictly_and_match_their_provenance():
     assert [row["epoch"] for row in provenance["stages"][-1]["validation"]] == [0, 1]
 
 
-def _readme_table() -> dict[str, list[str]]:
-    readme = (ROOT / "README.md").read_text()
-    assert COMMAND in readme
-    section = readme[readme.index("## The QA demo"):]
-    section = section[:section.index("\n## ", 5)]
-    lines = section.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| method | acc | colour"))
-    table = []
-    for line in lines[start:]:  # the QA table, up to the first line that is not a table row
-        if not line.startswith("|"):
-            break
-        table.append(line)
-    rows = [line.strip("|").split("|") for line in table if not line.startswith("|---")]
-    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
-
-
 @pytest.mark.slow
 def test_readme_command_answers_with_the_shipped_model(tmp_path):
     """The README's command on the whole test split: the rows come from the run and match the README's table."""
-    out = tmp_path / "qa.json"
-    proc = subprocess.run(
-        [sys.executable, "evaluate.py", "--config", "configs/demo_qa_umt.yaml", f"--results={out}",
-         f"--data.init_args.cache_dir={tmp_path / 'synthetic'}", "--trainer.logger=false"],
-        cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = json.loads(out.read_text())["runs"]
+    proc, runs = run_demo("configs/demo_qa_umt.yaml", tmp_path)
     assert [r["method"] for r in runs] == ["none", "tome", "vidtldr"]
     plain = runs[0]
     assert plain["num_questions"] == 500 and plain["num_missing"] == 0
     assert plain["acc/count"] > 80 and plain["acc/size"] > 80 and plain["acc"] > 40  # chance 50 / 50 / ~24
-    table = _readme_table()
+    table = readme_table("## The QA demo", COMMAND)
     for row in runs:
         assert row["name"] in proc.stdout and row["videos_per_s"] > 0
         for column, key in ((0, "acc"), (1, "acc/colour"), (4, "acc/shape")):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from readme_demo import readme_table, run_demo
 from vidtldr_pl.backbones import create_model, list_models, pretrained_cfg
 from vidtldr_pl.backbones.registry import WEIGHTS_DIR
 
@@ -70,28 +69,11 @@ def test_ship_script_reads_every_validation_epoch_of_resumed_logs(tmp_path):
     assert [(r["epoch"], r["top1"]) for r in history] == [(0, 50.0), (1, 61.0), (2, 70.0)]
 
 
-def _readme_table() -> dict[str, list[str]]:
-    """The action demo's table in the README: method -> its cells."""
-    readme = (ROOT / "README.md").read_text()
-    assert COMMAND in readme
-    section = readme[readme.index("## The action demo"):]
-    section = section[:section.index("\n## ", 5)] if "\n## " in section[5:] else section
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
-    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
-
-
 @pytest.mark.slow
 def test_readme_command_evaluates_the_shipped_model(tmp_path):
     """The README's command on the whole test split: the four rows come from the run and match the README's table."""
     cfg = yaml.safe_load(CONFIG.read_text())
-    out = tmp_path / "demo.json"
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "evaluate.py", "--config", "configs/demo_videomae.yaml", f"--results={out}",
-         f"--data.init_args.cache_dir={tmp_path / 'synthetic'}", "--trainer.logger=false"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = json.loads(out.read_text())["runs"]
+    proc, runs = run_demo("configs/demo_videomae.yaml", tmp_path)
     assert [r["name"] for r in runs] == [c["name"] for c in cfg["compare"]]
     assert [r["method"] for r in runs] == ["none", "tome", "vidtldr", "random"]
     plain, *merged = runs
@@ -102,7 +84,7 @@ def test_readme_command_evaluates_the_shipped_model(tmp_path):
     assert all(r["gflops"] < 0.7 * plain["gflops"] for r in merged)  # the schedule about halves the encoder
     for row in runs:
         assert row["videos_per_s"] > 0 and row["name"] in proc.stdout
-    table = _readme_table()
+    table = readme_table("## The action demo", COMMAND)
     for row in runs:  # the README's table is a real run: same accuracy (CPU kernels may flip a clip or two)
         top1 = float(table[row["name"]][0])
         assert abs(top1 - row["top1"]) <= 0.5, (row["name"], top1, row["top1"])

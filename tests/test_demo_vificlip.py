@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from readme_demo import readme_table, run_demo
 from data_modules.synthetic_actions import ACTIONS
 from vidtldr_pl.backbones import create_model, pretrained_cfg
 from vidtldr_pl.backbones.registry import WEIGHTS_DIR
@@ -38,33 +36,18 @@ def test_prompts_are_the_action_classes_in_label_order():
     assert [n.replace(" moves ", " moving ") for n in names] == list(ACTIONS)
 
 
-def _readme_table() -> dict[str, list[str]]:
-    readme = (ROOT / "README.md").read_text()
-    assert COMMAND in readme
-    section = readme[readme.index("## The ViFi-CLIP demo"):]
-    section = section[:section.index("\n## ", 5)]
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ")]
-    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
-
-
 @pytest.mark.slow
 def test_readme_command_classifies_zero_shot(tmp_path):
     """The README's command on the whole test split: five rows, CLS never merged (37 -> 19 tokens a frame), the
     README's table is this run."""
     cfg = yaml.safe_load(CONFIG.read_text())
-    out = tmp_path / "zs.json"
-    proc = subprocess.run(
-        [sys.executable, "evaluate.py", "--config", "configs/demo_vificlip.yaml", f"--results={out}",
-         f"--data.init_args.cache_dir={tmp_path / 'synthetic'}", "--trainer.logger=false"],
-        cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = json.loads(out.read_text())["runs"]
+    proc, runs = run_demo("configs/demo_vificlip.yaml", tmp_path)
     assert [r["name"] for r in runs] == [c["name"] for c in cfg["compare"]]
     plain, *merged = runs
     assert plain["num_videos"] == cfg["data"]["init_args"]["num_test"] and plain["top1"] > 100 / 12
     assert plain["tokens_per_layer"] == [37] * 6
     assert all(r["tokens_per_layer"] == [29, 23, 19, 19, 19, 19] for r in merged)
-    table = _readme_table()
+    table = readme_table("## The ViFi-CLIP demo", COMMAND)
     for row in runs:
         assert row["name"] in proc.stdout
         assert abs(float(table[row["name"]][0]) - row["top1"]) <= 0.5, row["name"]

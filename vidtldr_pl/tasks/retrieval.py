@@ -411,6 +411,9 @@ class RetrievalTask(VideoTask):
             with torch.no_grad():
                 self.model.temp.clamp_(0.001, 0.5)
             return self.model.temp
+        if not hasattr(self.model, "logit_scale"):
+            raise AttributeError(f"{type(self.model).__name__} has neither `temp` (UMT) nor `logit_scale` (CLIP): "
+                                 "RetrievalTask's contrastive loss needs one of them as its temperature")
         with torch.no_grad():
             self.model.logit_scale.clamp_(0.0, math.log(100.0))
         return self.model.logit_scale.exp().reciprocal()
