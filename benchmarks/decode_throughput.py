@@ -1,5 +1,5 @@
 """Single-worker video decoding throughput: decode ``num_frames`` frames ("middle" sampling, as evaluation)
-with :func:`data_modules.video.decode_frames` and apply the official test transform (bicubic resize to
+with :func:`vidtldr_pl.data_modules.video.decode_frames` and apply the official test transform (bicubic resize to
 224 x 224, /255, ImageNet normalize).
 
 One process, torch limited to 1 thread (what a DataLoader worker runs with); the FFmpeg decoder is measured
@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_modules.transforms import VideoTestTransform  # noqa: E402
-from data_modules.video import decode_frames  # noqa: E402
+from vidtldr_pl.data_modules.transforms import VideoTestTransform  # noqa: E402
+from vidtldr_pl.data_modules.video import decode_frames  # noqa: E402
 
 SECTION = "## Video decoding throughput"
 # the real clips the tests use (tests/reference_data.py: in the repository, or VIDTLDR_REFERENCE)

@@ -2,7 +2,7 @@
 tests/reference_wordpiece.py) against :class:`vidtldr_pl.text.BertWordPieceTokenizer` on HF ``tokenizers``.
 
 One batch call ``tokenizer(captions, max_length=32)`` (what the retrieval data module runs at setup) on
-``--captions`` captions of two kinds: the synthetic benchmark's grammar (``data_modules.synthetic.sample_clip``, its
+``--captions`` captions of two kinds: the synthetic benchmark's grammar (``vidtldr_pl.data_modules.synthetic.sample_clip``, its
 26-word vocab) and MSRVTT-like English (templates plus a long tail of made-up rare words; vocab built from 5,000 of
 them with ``min_freq=2`` plus single-character pieces, so rare words split into pieces). Every timed run builds a fresh tokenizer (the old
 one caches words: a second pass over the same captions would be faster than a data module's single pass). The new
@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_modules.synthetic import SyntheticConfig, sample_clip, vocabulary  # noqa: E402
+from vidtldr_pl.data_modules.synthetic import SyntheticConfig, sample_clip, vocabulary  # noqa: E402
 from vidtldr_pl.text import BertWordPieceTokenizer, build_vocab  # noqa: E402
 
 SECTION = "## Caption tokenisation throughput"

@@ -37,7 +37,7 @@ model:
     min_lr_ratio: 0.01
     vision_overrides: {{drop_path_rate: {drop_path}}}
 data:
-  class_path: data_modules.retrieval.{dm}
+  class_path: vidtldr_pl.data_modules.retrieval.{dm}
   init_args:
     data_root: data/{dataset}
     tokenizer: {tokenizer}

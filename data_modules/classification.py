@@ -1,5 +1,5 @@
 """LightningDataModules for action recognition: a generic labelled-video module and the benchmark presets
-(Kinetics-400/600/700, SSv2, UCF101, HMDB51), with VideoMAE's test views (data_modules.views).
+(Kinetics-400/600/700, SSv2, UCF101, HMDB51), with VideoMAE's test views (vidtldr_pl.data_modules.views).
 
 Batches: ``{"video": (B, T, 3, H, W) float (ImageNet-normalised), "label": (B,) long, "video_index": (B,) long,
 "view_index": (B,) long}``. Evaluation items are (video, view) pairs, video-major (view 0 for single-view
@@ -114,7 +114,7 @@ class VideoClassificationDataModule(pl.LightningDataModule):
     Args:
         test / val / train: each split's annotation: a ``<path> <label>`` list (.txt / .lst, or a .csv without
             commas), a CSV with a header, a JSON / JSONL list of objects, or a folder per class
-            (``<dir>/<class>/<video>``); see data_modules.class_annotations. ``val`` falls back to ``test``.
+            (``<dir>/<class>/<video>``); see vidtldr_pl.data_modules.class_annotations. ``val`` falls back to ``test``.
         video_root: the folder annotation paths are relative to (class folders hold their own paths).
         class_names: a class-names file or a list; required when labels are class names unless the sorted names
             found in the annotations are wanted (which is what folders give).

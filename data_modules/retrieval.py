@@ -358,7 +358,7 @@ class SSv2TemplateDataModule(PresetRetrievalDataModule):
 
 
 class SyntheticRetrievalDataModule(GeneratedOnFirstUse, VideoTextRetrievalDataModule):
-    """The embedded benchmark (data_modules.synthetic), generated into cache_dir on first use from the seed.
+    """The embedded benchmark (vidtldr_pl.data_modules.synthetic), generated into cache_dir on first use from the seed.
 
     Args: seed (of the generated data and of the training order), num_train / num_val / num_test videos, frames and
     size of the written clips; tokenizer: "synthetic" (the WordPiece vocabulary generated with the data, for UMT) or

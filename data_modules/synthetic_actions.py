@@ -1,6 +1,6 @@
 """The action-recognition version of the synthetic benchmark: one coloured actor per clip, and its class is what it
 is and where it goes: 3 shapes x 4 directions = 12 classes ("circle moving left", ...), over the textured background
-(still by default) and wandering grey distractors of ``data_modules.synthetic``; ``SyntheticActionDataModule`` generates it on first
+(still by default) and wandering grey distractors of ``vidtldr_pl.data_modules.synthetic``; ``SyntheticActionDataModule`` generates it on first
 use and serves it as a classification DataModule.
 
 A person tells the classes apart at a glance, but a model must look at the actor: it covers about 4-13 % of the

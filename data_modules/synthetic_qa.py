@@ -1,4 +1,4 @@
-"""Video QA over the embedded synthetic benchmark (``data_modules.synthetic``): questions from the same grammar.
+"""Video QA over the embedded synthetic benchmark (``vidtldr_pl.data_modules.synthetic``): questions from the same grammar.
 
 Every clip's annotation lists its named foreground objects (shape, colour, size, direction; distinct shapes and
 distinct colours within a clip). Five question types, each with a unique answer by construction:

@@ -38,7 +38,7 @@ Design decisions
   a packet timeline short of the video track's declared duration (by more than a frame + 1 %) or of
   ``min_coverage`` of the container's duration, a GIF without its trailer. A
   truncated AVI / MKV / WebM / faststart MP4 / GIF just stops early without any FFmpeg error; which
-  evidence is trusted, and why not the bit rate, is in :mod:`data_modules.damage`. (An MP4 whose ``moov``
+  evidence is trusted, and why not the bit rate, is in :mod:`vidtldr_pl.data_modules.damage`. (An MP4 whose ``moov``
   index is at the end cannot be opened at all when truncated.) Bit errors that the decoder conceals
   without losing frames are not detected -- the frame count stays right.
   In every such case the decoded frame count cannot be trusted, so the indices -- which are a function
@@ -104,7 +104,7 @@ logger = logging.getLogger(__name__)
 
 IndexRule = Callable[[int, int, object], Sequence[int]]
 #: ``"middle"`` / ``"rand"`` (UMT's rule), or an :data:`IndexRule` ``rule(num_frames, vlen, rng) -> indices`` (any
-#: number of indices, each in ``[0, vlen)``; a picklable object for DataLoader workers, e.g. data_modules.views).
+#: number of indices, each in ``[0, vlen)``; a picklable object for DataLoader workers, e.g. vidtldr_pl.data_modules.views).
 SampleType = Union[Literal["middle", "rand"], IndexRule]
 OnCorrupt = Literal["error", "keep_decoded"]
 #: Accepted random sources. ``int`` seeds a new ``random.Random``; ``None`` uses a fresh, OS-seeded one.
@@ -677,7 +677,7 @@ def load_clip_or_skip(
 
     With ``skip_errors=False`` (default) a :class:`VideoDecodeError` propagates, its reason ending in a hint at
     ``skip_errors``. With ``skip_errors=True`` a warning naming the file and the reason is logged (logger
-    ``data_modules.video``) and ``None`` is returned so that a dataset can drop the sample. Other exceptions
+    ``vidtldr_pl.data_modules.video``) and ``None`` is returned so that a dataset can drop the sample. Other exceptions
     (bad arguments, bugs) always propagate. ``kwargs`` go to :func:`decode_frames`.
     """
     try:

@@ -120,7 +120,7 @@ ClipProtocol = DenseClips | SegmentClips
 
 @dataclass(frozen=True)
 class FrameRule:
-    """The frames ``protocol`` decodes in ``mode``, as a data_modules.video index rule ``rule(num_frames, vlen, rng)``
+    """The frames ``protocol`` decodes in ``mode``, as a vidtldr_pl.data_modules.video index rule ``rule(num_frames, vlen, rng)``
     (``num_frames`` is ignored: the protocol knows its length). Picklable, for DataLoader workers."""
 
     protocol: ClipProtocol

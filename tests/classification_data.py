@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from data_modules.classification import VideoClassificationDataModule
-from data_modules.synthetic import write_mp4
+from vidtldr_pl.data_modules.classification import VideoClassificationDataModule
+from vidtldr_pl.data_modules.synthetic import write_mp4
 from vidtldr_pl.backbones import create_model
 from vidtldr_pl.tasks import ClassificationTask
 

@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_modules.retrieval import SyntheticRetrievalDataModule  # noqa: E402
+from vidtldr_pl.data_modules.retrieval import SyntheticRetrievalDataModule  # noqa: E402
 from vidtldr_pl.callbacks import TokenMerging  # noqa: E402
 from vidtldr_pl.tasks import RetrievalTask  # noqa: E402
 

@@ -13,18 +13,18 @@ import torch
 import torch.nn.functional as F
 from classification_data import IMG, make_datamodule, one_thread, write_list, write_videos
 
-from data_modules.annotations import AnnotationError
-from data_modules.class_annotations import read_class_names, read_table
-from data_modules.classification import (
+from vidtldr_pl.data_modules.annotations import AnnotationError
+from vidtldr_pl.data_modules.class_annotations import read_class_names, read_table
+from vidtldr_pl.data_modules.classification import (
     HMDB51DataModule,
     KineticsDataModule,
     SSv2DataModule,
     UCF101DataModule,
     VideoClassificationDataModule,
 )
-from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
-from data_modules.video import count_frames, decode_frames
-from data_modules.views import DenseClips, FrameRule, SegmentClips, crop_starts
+from vidtldr_pl.data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vidtldr_pl.data_modules.video import count_frames, decode_frames
+from vidtldr_pl.data_modules.views import DenseClips, FrameRule, SegmentClips, crop_starts
 
 ROOT = Path(__file__).resolve().parents[1]
 

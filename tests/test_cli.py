@@ -74,7 +74,7 @@ def test_missing_data_root_is_a_short_message(tmp_path):
     cfg.write_text(f"""
 model: {{class_path: cli_modules.TokenCounter}}
 data:
-  class_path: data_modules.retrieval.MSRVTTDataModule
+  class_path: vidtldr_pl.data_modules.retrieval.MSRVTTDataModule
   init_args: {{data_root: {tmp_path / "no_msrvtt"}}}
 trainer: {{accelerator: cpu, logger: false}}
 """)

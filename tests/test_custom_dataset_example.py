@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from data_modules.annotations import read_annotations
-from data_modules.synthetic import write_mp4
+from vidtldr_pl.data_modules.annotations import read_annotations
+from vidtldr_pl.data_modules.synthetic import write_mp4
 from vidtldr_pl.backbones.umt import create_umt
 from vidtldr_pl.text import build_vocab
 
@@ -56,7 +56,7 @@ def test_doc_shows_the_shipped_config_and_its_layout():
     config_text = CONFIG.read_text()
     assert config_text in code_blocks("yaml"), "the config in docs/custom_dataset.md differs from the shipped file"
     cfg = yaml.safe_load(config_text)
-    assert cfg["data"]["class_path"] == "data_modules.retrieval.VideoTextRetrievalDataModule"
+    assert cfg["data"]["class_path"] == "vidtldr_pl.data_modules.retrieval.VideoTextRetrievalDataModule"
     assert cfg["model"]["class_path"] == "vidtldr_pl.tasks.RetrievalTask"
     assert cfg["model"]["init_args"]["model"] == "umt_b16"
     assert [(c["name"], c["method"], c.get("r")) for c in cfg["compare"]] == [
@@ -179,8 +179,8 @@ def test_doc_error_messages_are_the_real_ones(tmp_path, monkeypatch, caplog):
     """Section 5's table: each message is what the DataModule raises (set-up only: nothing is decoded)."""
     import logging
 
-    from data_modules.annotations import AnnotationError
-    from data_modules.retrieval import VideoTextRetrievalDataModule
+    from vidtldr_pl.data_modules.annotations import AnnotationError
+    from vidtldr_pl.data_modules.retrieval import VideoTextRetrievalDataModule
 
     doc = DOC.read_text()
     (table,) = code_blocks("csv")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.synthetic import write_mp4
+from vidtldr_pl.data_modules.synthetic import write_mp4
 from vidtldr_pl.backbones.umt import create_umt
 from vidtldr_pl.text import build_vocab
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.annotations import AnnotationError, build_index, read_annotations
-from data_modules.retrieval import DiDeMoDataModule, MSRVTTDataModule, SSv2LabelDataModule, VideoTextRetrievalDataModule
-from data_modules.video import VideoDecodeError
+from vidtldr_pl.data_modules.annotations import AnnotationError, build_index, read_annotations
+from vidtldr_pl.data_modules.retrieval import DiDeMoDataModule, MSRVTTDataModule, SSv2LabelDataModule, VideoTextRetrievalDataModule
+from vidtldr_pl.data_modules.video import VideoDecodeError
 from vidtldr_pl.metrics.retrieval import gt_from_groups
 from vidtldr_pl.text import build_vocab
 
@@ -80,7 +80,7 @@ def test_training_batches_one_per_caption(msrvtt_root):
 
 
 def test_index_ids_follow_official_build_data():
-    from data_modules.annotations import Entry
+    from vidtldr_pl.data_modules.annotations import Entry
 
     def as_lists(gt):
         return [list(g) if not isinstance(g, int) else [g] for g in gt]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from readme_demo import readme_table, run_demo
-from data_modules.synthetic_actions import ACTIONS
+from vidtldr_pl.data_modules.synthetic_actions import ACTIONS
 from vidtldr_pl.backbones import create_model, pretrained_cfg
 from vidtldr_pl.backbones.registry import WEIGHTS_DIR
 

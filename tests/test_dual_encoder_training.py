@@ -74,7 +74,7 @@ def test_dual_encoder_fit_moves_both_towers_and_the_scale_and_checkpoints_by_itc
 
 
 def test_synthetic_retrieval_data_in_clip_bpe(tmp_path):
-    from data_modules.retrieval import SyntheticRetrievalDataModule
+    from vidtldr_pl.data_modules.retrieval import SyntheticRetrievalDataModule
     from vidtldr_pl.text.clip_tokenizer import clip_tokenize
 
     dm = SyntheticRetrievalDataModule(cache_dir=str(tmp_path), num_train=0, num_val=0, num_test=3, clip_frames=4,

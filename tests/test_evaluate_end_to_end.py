@@ -17,7 +17,7 @@ import pytest
 import torch
 from retrieval_bruteforce import bruteforce_metrics, bruteforce_scores, reinit_
 
-from data_modules.retrieval import MSRVTTDataModule
+from vidtldr_pl.data_modules.retrieval import MSRVTTDataModule
 from vidtldr_pl.backbones.umt import create_umt, load_umt_checkpoint
 from vidtldr_pl.callbacks import TokenMerging
 from vidtldr_pl.merging import build_schedule, patch, token_counts, unpatch
@@ -128,7 +128,7 @@ model:
   class_path: vidtldr_pl.tasks.RetrievalTask
   init_args: {{model: umt_tiny, checkpoint: {d["ckpt"]}, k_test: {K_TEST}, itm_batch_size: 3, text_batch_size: 7}}
 data:
-  class_path: data_modules.retrieval.MSRVTTDataModule
+  class_path: vidtldr_pl.data_modules.retrieval.MSRVTTDataModule
   init_args:
     data_root: {d["root"]}
     tokenizer: {d["tok"]}

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from data_modules.retrieval import SyntheticRetrievalDataModule
+from vidtldr_pl.data_modules.retrieval import SyntheticRetrievalDataModule
 from vidtldr_pl.callbacks import TokenMerging
 from vidtldr_pl.tasks import RetrievalTask
 

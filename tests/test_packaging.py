@@ -49,7 +49,7 @@ def test_wheel_ships_configs_and_weights_and_finds_them_from_elsewhere(tmp_path)
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for name in ("vidtldr_pl", "data_modules", "configs"):
+    for name in ("vidtldr_pl", "data_modules", "configs"):  # data_modules/ ships as vidtldr_pl.data_modules
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                             "--no-cache-dir", "-q", "-w", str(tmp_path / "dist"), str(src)],
@@ -62,7 +62,9 @@ def test_wheel_ships_configs_and_weights_and_finds_them_from_elsewhere(tmp_path)
     assert {f"vidtldr_pl/configs/{n}" for n in SHIPPED} <= names
     assert {"vidtldr_pl/configs/__init__.py", "vidtldr_pl/weights/umt_demo_synthetic.safetensors",
             "vidtldr_pl/weights/umt_demo_synthetic.json"} <= names
-    assert not any(n.startswith(("tests/", "configs/")) for n in names)
+    assert "vidtldr_pl/data_modules/video.py" in names
+    # one name in site-packages: no generic top-level package (data_modules/ ships inside vidtldr_pl)
+    assert {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))} == {"vidtldr_pl"}
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

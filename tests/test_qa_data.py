@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from data_modules.annotations import AnnotationError
-from data_modules.qa import (MSRVTTMCDataModule, MSRVTTQADataModule, MSVDQADataModule, answer_weights,
+from vidtldr_pl.data_modules.annotations import AnnotationError
+from vidtldr_pl.data_modules.qa import (MSRVTTMCDataModule, MSRVTTQADataModule, MSVDQADataModule, answer_weights,
                              read_answer_list, read_qa_annotations)
 from test_data_modules import write_video
 from vidtldr_pl.backbones import create_model
@@ -153,7 +153,7 @@ model:
   class_path: vidtldr_pl.tasks.qa.QATask
   init_args: {model: umt_qa_tiny, k_test: 5, lr: 1.0e-3, warmup_epochs: 0}
 data:
-  class_path: data_modules.synthetic_qa.SyntheticQADataModule
+  class_path: vidtldr_pl.data_modules.synthetic_qa.SyntheticQADataModule
   init_args: {cache_dir: cache, seed: 1, num_train: 4, num_val: 2, num_test: 2, clip_frames: 8, clip_size: 48,
               num_frames: 4, img_size: 64, batch_size: 4, eval_batch_size: 4, num_workers: 0}
 trainer:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_modules import video as video_module
+from vidtldr_pl.data_modules import video as video_module
 from vidtldr_pl import sweep
 from vidtldr_pl.text import build_vocab
 
@@ -52,7 +52,7 @@ model:
   class_path: vidtldr_pl.tasks.RetrievalTask
   init_args: {{model: umt_tiny, k_test: 3, itm_batch_size: 4, text_batch_size: 4}}
 data:
-  class_path: data_modules.retrieval.MSRVTTDataModule
+  class_path: vidtldr_pl.data_modules.retrieval.MSRVTTDataModule
   init_args: {{data_root: {root}, tokenizer: {tok}, num_frames: 4, img_size: 64, eval_batch_size: 4, num_workers: 0}}
 trainer: {{accelerator: cpu, logger: false, enable_model_summary: false, default_root_dir: {tmp}}}
 """)

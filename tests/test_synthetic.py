@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from data_modules.annotations import read_annotations
-from data_modules.synthetic import COLOURS, SyntheticConfig, generate_split, render_clip, sample_clip, vocabulary
-from data_modules.video import decode_frames
+from vidtldr_pl.data_modules.annotations import read_annotations
+from vidtldr_pl.data_modules.synthetic import COLOURS, SyntheticConfig, generate_split, render_clip, sample_clip, vocabulary
+from vidtldr_pl.data_modules.video import decode_frames
 
 
 def _digest(root):
@@ -57,7 +57,7 @@ def test_named_object_is_visible_and_moves():
 def test_synthetic_datamodule_end_to_end(tmp_path):
     import torch
 
-    from data_modules.retrieval import SyntheticRetrievalDataModule
+    from vidtldr_pl.data_modules.retrieval import SyntheticRetrievalDataModule
 
     dm = SyntheticRetrievalDataModule(cache_dir=str(tmp_path), seed=2, num_train=4, num_val=3, num_test=5, clip_frames=8,
                                       clip_size=64, num_frames=4, img_size=32, batch_size=2, eval_batch_size=4, num_workers=0)
@@ -72,7 +72,7 @@ def test_synthetic_datamodule_end_to_end(tmp_path):
 
 
 def test_datamodule_generates_only_the_splits_a_stage_reads(tmp_path):
-    from data_modules.retrieval import SyntheticRetrievalDataModule
+    from vidtldr_pl.data_modules.retrieval import SyntheticRetrievalDataModule
 
     dm = SyntheticRetrievalDataModule(cache_dir=str(tmp_path), num_train=5, num_val=2, num_test=3, clip_frames=4,
                                       clip_size=32, num_frames=2, img_size=32, num_workers=0)

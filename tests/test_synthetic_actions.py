@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from data_modules.synthetic import COLOURS, SIZES, shape_mask
-from data_modules.synthetic_actions import (
+from vidtldr_pl.data_modules.synthetic import COLOURS, SIZES, shape_mask
+from vidtldr_pl.data_modules.synthetic_actions import (
     ACTIONS, ActionConfig, ensure_action_dataset, generate_action_split, render_action_clip, sample_actor,
 )
-from data_modules.video import decode_frames
+from vidtldr_pl.data_modules.video import decode_frames
 
 
 def _digest(root) -> str:
@@ -90,7 +90,7 @@ def test_unknown_action_is_named():
 def test_datamodule_serves_the_classification_contract(tmp_path):
     import torch
 
-    from data_modules.synthetic_actions import SyntheticActionDataModule
+    from vidtldr_pl.data_modules.synthetic_actions import SyntheticActionDataModule
 
     dm = SyntheticActionDataModule(cache_dir=str(tmp_path), seed=3, num_train=12, num_val=4, num_test=14, clip_frames=8,
                                    clip_size=64, num_frames=4, img_size=32, batch_size=4, eval_batch_size=5,
@@ -111,7 +111,7 @@ def test_datamodule_serves_the_classification_contract(tmp_path):
 
 
 def test_datamodule_refuses_a_flip():
-    from data_modules.synthetic_actions import SyntheticActionDataModule
+    from vidtldr_pl.data_modules.synthetic_actions import SyntheticActionDataModule
 
     with pytest.raises(ValueError, match="train_flip_p"):
         SyntheticActionDataModule(train_flip_p=0.5)

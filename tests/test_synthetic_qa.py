@@ -5,8 +5,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 
-from data_modules.synthetic import SyntheticConfig
-from data_modules.synthetic_qa import (QUESTION_TYPES, SyntheticQADataModule, answer_list, ensure_qa_dataset, question,
+from vidtldr_pl.data_modules.synthetic import SyntheticConfig
+from vidtldr_pl.data_modules.synthetic_qa import (QUESTION_TYPES, SyntheticQADataModule, answer_list, ensure_qa_dataset, question,
                                        qa_vocabulary)
 from vidtldr_pl.backbones import create_model
 from vidtldr_pl.backbones.umt.qa import QA_CONFIGS
@@ -61,7 +61,7 @@ def test_datamodule_runs_qa_evaluation(tmp_path):
 
 
 def test_mc_entries_hold_the_true_caption_at_the_answer():
-    from data_modules.synthetic_qa import mc_entries
+    from vidtldr_pl.data_modules.synthetic_qa import mc_entries
 
     clips = [{"video": f"v{i}.mp4", "caption": f"caption {i % 7}"} for i in range(12)]
     entries = mc_entries(clips, seed=0)
@@ -71,7 +71,7 @@ def test_mc_entries_hold_the_true_caption_at_the_answer():
 
 
 def test_synthetic_mc_with_a_retrieval_model(tmp_path):
-    from data_modules.synthetic_qa import SyntheticMCDataModule
+    from vidtldr_pl.data_modules.synthetic_qa import SyntheticMCDataModule
     from vidtldr_pl.tasks.mc import MCTask
 
     dm = SyntheticMCDataModule(cache_dir=str(tmp_path), seed=2, num_test=6, clip_frames=8, clip_size=48, num_frames=4,

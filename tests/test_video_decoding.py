@@ -1,4 +1,4 @@
-"""Video decoding, frame sampling and transforms (data_modules.video / data_modules.transforms).
+"""Video decoding, frame sampling and transforms (vidtldr_pl.data_modules.video / vidtldr_pl.data_modules.transforms).
 
 Synthetic videos are written with PyAV; every frame encodes its own index as 8 black/white stripes in
 the top half (robust to compression), the bottom half is noise (realistic file sizes, so that a file cut
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-import data_modules.video as video_mod
-from data_modules.transforms import (
+import vidtldr_pl.data_modules.video as video_mod
+from vidtldr_pl.data_modules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     VideoTestTransform,
@@ -31,7 +31,7 @@ from data_modules.transforms import (
     random_resized_crop_params,
     resize_uint8,
 )
-from data_modules.video import (
+from vidtldr_pl.data_modules.video import (
     VideoClip,
     VideoDecodeError,
     VideoDecoder,
@@ -477,7 +477,7 @@ def test_error_truncated_mp4_moov_at_end(vids):
 def test_truncated_mid_stream(vids, name, full, caplog):
     err = _assert_error(vids[name], "damaged video")
     assert "keep_decoded" in err.reason
-    with caplog.at_level(logging.WARNING, logger="data_modules.video"):
+    with caplog.at_level(logging.WARNING, logger="vidtldr_pl.data_modules.video"):
         clip = decode_frames(vids[name], 12, "middle", on_corrupt="keep_decoded")
     assert clip.corrupt_reason and 0 < clip.vlen < full
     assert list(clip.indices) == official_get_frame_indices(12, clip.vlen, "middle")
@@ -522,7 +522,7 @@ def test_skip_policy(vids, tmp_path, caplog):
     bad = vids["text_mp4"]
     with pytest.raises(VideoDecodeError):
         load_clip_or_skip(bad, 12)  # default: raise
-    with caplog.at_level(logging.WARNING, logger="data_modules.video"):
+    with caplog.at_level(logging.WARNING, logger="vidtldr_pl.data_modules.video"):
         assert load_clip_or_skip(bad, 12, skip_errors=True) is None
         assert load_clip_or_skip(tmp_path / "missing.mp4", 12, skip_errors=True) is None
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -570,8 +570,8 @@ def remux_faststart(src: Path, dst: Path) -> Path:
 
 
 def synthetic_generator_clip(path: Path) -> Path:
-    """A clip as data_modules.synthetic writes them (mpeg4 in MP4, index at the end)."""
-    from data_modules.synthetic import write_mp4
+    """A clip as vidtldr_pl.data_modules.synthetic writes them (mpeg4 in MP4, index at the end)."""
+    from vidtldr_pl.data_modules.synthetic import write_mp4
 
     frames = np.random.default_rng(3).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
     write_mp4(path, frames, fps=8)
@@ -629,7 +629,7 @@ def test_truncated_copies_are_rejected(intact_clips, tmp_path, caplog, name, cut
 
     err = _assert_error(path, _evidence_pattern(name))
     assert err.reason.startswith(("damaged video", "cannot open"))
-    with caplog.at_level(logging.WARNING, logger="data_modules.video"):
+    with caplog.at_level(logging.WARNING, logger="vidtldr_pl.data_modules.video"):
         assert load_clip_or_skip(path, 12, skip_errors=True) is None  # the logged skip
     assert any(str(path) in r.getMessage() and "Skipping" in r.getMessage() for r in caplog.records)
     if err.reason.startswith("damaged video"):  # opened: keep_decoded samples from the frames that decoded
@@ -669,7 +669,7 @@ def test_damage_report_trusts_the_index_over_the_header():
     the same header with only the first frame indexed (a truncated AVI after probing) is not."""
     from dataclasses import replace
 
-    from data_modules.damage import StreamEvidence, damage_report
+    from vidtldr_pl.data_modules.damage import StreamEvidence, damage_report
 
     tree = StreamEvidence(file_size=1250680, header_frames=444, indexed_frames=68, index_end=1243559,
                           index_duration=29.6, track_duration=29.6, container_duration=29.6, fps=15.0, packets=68,
@@ -765,7 +765,7 @@ def test_error_rebuilt_from_a_message():
     text = (
         "Caught VideoDecodeError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\n    raise VideoDecodeError(path, reason)\n'
-        "data_modules.video.VideoDecodeError: /data/a b/c.mp4: cannot open: VideoDecodeError: nested\n"
+        "vidtldr_pl.data_modules.video.VideoDecodeError: /data/a b/c.mp4: cannot open: VideoDecodeError: nested\n"
     )
     err = VideoDecodeError(text)
     assert (err.path, err.reason) == ("/data/a b/c.mp4", "cannot open: VideoDecodeError: nested")

@@ -116,7 +116,7 @@ model:
   class_path: vidtldr_pl.tasks.zero_shot.ZeroShotClassificationTask
   init_args: {{model: vificlip_tiny, checkpoint: {data}/tiny.safetensors, model_overrides: {{num_frames: 4}}}}
 data:
-  class_path: data_modules.classification.VideoClassificationDataModule
+  class_path: vidtldr_pl.data_modules.classification.VideoClassificationDataModule
   init_args:
     val: {data}/split1.txt
     video_root: {data}/videos

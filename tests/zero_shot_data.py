@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from classification_data import make_trainer, write_list, write_videos
 
-from data_modules.classification import VideoClassificationDataModule
+from vidtldr_pl.data_modules.classification import VideoClassificationDataModule
 from vidtldr_pl.backbones import create_model
 from vidtldr_pl.tasks.zero_shot import ZeroShotClassificationTask
 

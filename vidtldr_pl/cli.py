@@ -323,8 +323,8 @@ def run_cli(stage: str, argv: list[str]) -> int:
 
     Missing or malformed inputs (data, annotations, checkpoints) end with a short message and exit code 2.
     """
-    from data_modules.annotations import AnnotationError
-    from data_modules.video import VideoDecodeError
+    from vidtldr_pl.data_modules.annotations import AnnotationError
+    from vidtldr_pl.data_modules.video import VideoDecodeError
     from vidtldr_pl.tasks.retrieval import IncompleteEvaluationError
     from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
 

@@ -25,8 +25,8 @@ from .merging import MergeSetting, apply_merge, find_mergeable
 def load_video(path: str | Path, num_frames: int, img_size: int, tubelet: int = 1) -> tuple[Tensor, Tensor]:
     """A video file -> (model input (1, 3, T, H, W) float, display frames (T / tubelet, H, W, 3) uint8), with the
     evaluation decoding (middle frames of T segments) and transform."""
-    from data_modules.transforms import VideoTestTransform, resize_uint8
-    from data_modules.video import VideoDecoder
+    from vidtldr_pl.data_modules.transforms import VideoTestTransform, resize_uint8
+    from vidtldr_pl.data_modules.video import VideoDecoder
 
     clip = VideoDecoder(num_frames=num_frames, sample="middle")(str(path))
     video = VideoTestTransform(img_size)(clip.frames)  # (T, 3, H, W)
