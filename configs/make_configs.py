@@ -35,7 +35,7 @@ model:
     warmup_epochs: {warmup}
     weight_decay: 0.02
     min_lr_ratio: 0.01
-    vision_overrides: {{drop_path_rate: {drop_path}}}
+    model_overrides: {{drop_path_rate: {drop_path}}}
 data:
   class_path: vidtldr_pl.data_modules.retrieval.{dm}
   init_args:

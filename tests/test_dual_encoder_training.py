@@ -34,7 +34,7 @@ class TinyTrainData(TinyRetrievalData):
 
 def test_dual_encoder_step_is_the_contrastive_loss_at_the_clip_temperature():
     torch.manual_seed(0)
-    task = RetrievalTask("vificlip_tiny", vision_overrides=TINY)
+    task = RetrievalTask("vificlip_tiny", model_overrides=TINY)
     data = TinyTrainData(num_videos=4)
     batch = next(iter(data.train_dataloader()))
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_dual_encoder_step_is_the_contrastive_loss_at_the_clip_temperature():
 
 def test_dual_encoder_fit_moves_both_towers_and_the_scale_and_checkpoints_by_itc(tmp_path):
     torch.manual_seed(0)
-    task = RetrievalTask("vificlip_tiny", vision_overrides=TINY, lr=1e-3, warmup_epochs=0, save_best=False)
+    task = RetrievalTask("vificlip_tiny", model_overrides=TINY, lr=1e-3, warmup_epochs=0, save_best=False)
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     trainer = make_trainer(max_epochs=2, limit_val_batches=0)
     trainer.fit(task, datamodule=TinyTrainData(num_videos=8))

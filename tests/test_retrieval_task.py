@@ -148,7 +148,7 @@ def test_task_from_yaml():
     text = """
 model:
   class_path: vidtldr_pl.tasks.RetrievalTask
-  init_args: {model: umt_tiny, k_test: 7, itm_batch_size: 4, offload_dtype: float16, vision_overrides: {num_frames: 2}}
+  init_args: {model: umt_tiny, k_test: 7, itm_batch_size: 4, offload_dtype: float16, model_overrides: {num_frames: 2}}
 """
     parser = ArgumentParser()
     parser.add_argument("--model", type=pl.LightningModule)

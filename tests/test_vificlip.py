@@ -230,7 +230,7 @@ def test_retrieval_task_by_name_ranks_by_itc():
     from vidtldr_pl.tasks import RetrievalTask
 
     torch.manual_seed(0)
-    task = RetrievalTask("vificlip_tiny", vision_overrides={"img_size": 64, "num_frames": 4, "context_length": 12})
+    task = RetrievalTask("vificlip_tiny", model_overrides={"img_size": 64, "num_frames": 4, "context_length": 12})
     dm = TinyRetrievalData(num_videos=6, batch_size=4)
     make_trainer().validate(task, datamodule=dm, verbose=False)
     model = task.model.eval()

@@ -27,7 +27,9 @@ class CheckpointError(RuntimeError):
 @dataclass
 class LoadReport:
     path: str
-    loaded: int = 0
+    loaded: int = 0  # tensors copied (a strict refusal: tensors that would have matched by name and shape)
+    total: int = 0  # tensors of the model
+    layout: str = ""  # the layout recognised in the file, when a converter names one
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
@@ -44,7 +46,9 @@ class LoadReport:
             shown = ", ".join(str(i) for i in items[:limit])
             return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
-        lines = [f"checkpoint {self.path}: {self.loaded} tensors match"]
+        of = f" of {self.total}" if self.total else ""
+        layout = f" (layout: {self.layout})" if self.layout else ""
+        lines = [f"checkpoint {self.path}: {self.loaded}{of} tensors match{layout}"]
         if self.missing:
             lines.append(f"  missing in the file ({len(self.missing)}): {head(self.missing)}")
         if self.unexpected:
@@ -128,12 +132,12 @@ def load_state_into(model: nn.Module, state: Mapping[str, Tensor], path: str = "
     report.missing = sorted(k for k in own if k not in state)
     report.unexpected = sorted(k for k in state if k not in own)
     report.mismatched = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape]
-    if strict and not report.ok:
-        raise CheckpointError("refusing to load a checkpoint that does not fit the model\n" + report.describe())
     bad = {k for k, _, _ in report.mismatched}
     loadable = {k: v for k, v in state.items() if k in own and k not in bad}
+    report.loaded, report.total = len(loadable), len(own)
+    if strict and not report.ok:
+        raise CheckpointError("refusing to load a checkpoint that does not fit the model\n" + report.describe())
     model.load_state_dict(loadable, strict=False)
-    report.loaded = len(loadable)
     if not report.ok:
         log.warning("non-strict load, these weights stay as initialised:\n%s", report.describe())
     return report

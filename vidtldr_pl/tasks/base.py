@@ -6,6 +6,7 @@ uses another schedule formula, ``lr_schedule``.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,24 @@ import torch
 
 from .distributed import rank_and_world
 from .optim import warmup_cosine
+
+
+_ALIAS_WARNED: set[str] = set()
+
+
+def model_options(model_overrides: dict | None, vision_overrides: dict | None = None) -> dict:
+    """A task's options for the named model (``create_model(name, **options)``). ``model_overrides`` is their one
+    name in every task; ``vision_overrides``, the old name of the retrieval / QA / MC tasks, still works and warns
+    once per process."""
+    if vision_overrides:
+        if model_overrides:
+            raise ValueError("give the model options once, as model_overrides (vision_overrides is its old name)")
+        if "vision_overrides" not in _ALIAS_WARNED:
+            _ALIAS_WARNED.add("vision_overrides")
+            warnings.warn("vision_overrides is now model_overrides (the same option in every task); the old name "
+                          "still works", FutureWarning, stacklevel=3)
+        return dict(vision_overrides)
+    return dict(model_overrides or {})
 
 
 class VideoTask(pl.LightningModule):

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import create_model
-from .base import VideoTask
+from .base import VideoTask, model_options
 from .distributed import gather_by_index
 
 ITM_WEIGHT, ITC_WEIGHT = 0.7, 0.3
@@ -30,23 +30,23 @@ class MCTask(VideoTask):
     checkpoint callback.
 
     Args:
-        model: a registered retrieval model name ("umt_b16", ...) or a UMT object; checkpoint / vision_overrides as
-            RetrievalTask.
+        model: a registered retrieval model name ("umt_b16", ...) or a UMT object; checkpoint / model_overrides as
+            RetrievalTask (``vision_overrides``: the old name).
 
     ``self.results`` after an epoch: ``acc`` (percent), ``num_questions``, ``num_missing`` + EncoderStats numbers;
     ``self.predictions``: question index -> chosen candidate.
     """
 
     def __init__(self, model: str | nn.Module = "umt_b16", checkpoint: str | None = None,
-                 vision_overrides: dict | None = None) -> None:
+                 model_overrides: dict | None = None, vision_overrides: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, nn.Module):
-            if checkpoint is not None or vision_overrides:
-                raise ValueError("checkpoint / vision_overrides apply to a model name; load a model object yourself")
+            if checkpoint is not None or model_overrides or vision_overrides:
+                raise ValueError("checkpoint / model_overrides apply to a model name; load a model object yourself")
             self.model = model
         else:
-            self.model = create_model(model, checkpoint=checkpoint, **(vision_overrides or {}))
+            self.model = create_model(model, checkpoint=checkpoint, **model_options(model_overrides, vision_overrides))
         self.results: dict[str, Any] = {}
         self.predictions: dict[int, int] = {}
         self._index: list[Tensor] = []

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..backbones import create_model
 from ..merging import find_mergeable
 from .distributed import gather_by_index
-from .base import VideoTask
+from .base import VideoTask, model_options
 
 
 @runtime_checkable
@@ -84,7 +84,8 @@ class QATask(VideoTask):
         pretrained: start fine-tuning from a UMT pretraining / retrieval file instead (official: the text encoder
             whole, the answer decoder from the encoder's embeddings, fusion layers and MLM head; ``init_qa_from_umt``).
         k_test: answers re-scored per question (official 128).
-        vision_overrides: config fields of the named model (num_frames, drop_path_rate, ...).
+        model_overrides: config fields of the named model (num_frames, drop_path_rate, ...); ``vision_overrides``:
+            its old name, still accepted.
         predictions_path: write the predictions of each evaluation (rank 0) as JSON:
             ``[{"question_id", "pred", "answer"}]`` (``answer``: the ground truth).
         lr / weight_decay / betas / warmup_epochs / min_lr_ratio: AdamW (no decay on biases and norms), per-step
@@ -104,6 +105,7 @@ class QATask(VideoTask):
         checkpoint: str | None = None,
         pretrained: str | None = None,
         k_test: int = 128,
+        model_overrides: dict | None = None,
         vision_overrides: dict | None = None,
         predictions_path: str | None = None,
         lr: float = 2e-5,
@@ -117,14 +119,14 @@ class QATask(VideoTask):
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, nn.Module):
-            if checkpoint is not None or pretrained is not None or vision_overrides:
-                raise ValueError("checkpoint / pretrained / vision_overrides apply to a model name; load a model "
+            if checkpoint is not None or pretrained is not None or model_overrides or vision_overrides:
+                raise ValueError("checkpoint / pretrained / model_overrides apply to a model name; load a model "
                                  "object yourself")
             self.model = model
         else:
             if checkpoint is not None and pretrained is not None:
                 raise ValueError("pass checkpoint (a QA file) or pretrained (a UMT file to fine-tune from), not both")
-            self.model = create_model(model, checkpoint=checkpoint, **(vision_overrides or {}))
+            self.model = create_model(model, checkpoint=checkpoint, **model_options(model_overrides, vision_overrides))
             if pretrained is not None:
                 from ..backbones.registry import resolve_checkpoint
                 from ..backbones.umt.qa import init_qa_from_umt

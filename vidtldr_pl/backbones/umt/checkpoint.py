@@ -35,9 +35,32 @@ def to_retrieval_layout(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor],
     return {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}, ignored, renamed
 
 
-def _is_vision_only(state: Mapping[str, Tensor]) -> bool:
-    """A vision-encoder-only file (``encoder.*`` + ``pool_norm.*``, as UMT's vision_encoder module saves)."""
-    return bool(state) and all(k.startswith(("encoder.", "pool_norm.")) for k in state)
+VISION_MODULE_PREFIXES = ("encoder.", "pool_norm.", "clip_decoder.")
+
+
+def vision_only_state(state: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """The vision encoder's own keys if ``state`` holds only a UMT vision encoder, else None. Recognised: what UMT's
+    vision_encoder module saves (``encoder.*`` + ``pool_norm.*``, with ``clip_decoder.*`` in pretraining files,
+    dropped) and a whole-model file that kept only ``vision_encoder.*``."""
+    if state and all(k.startswith("vision_encoder.") for k in state):
+        state = select_prefix(state, "vision_encoder.")
+    if not state or not all(k.startswith(VISION_MODULE_PREFIXES) for k in state):
+        return None
+    if not any(k.startswith("encoder.") for k in state):
+        return None
+    return {k: v for k, v in state.items() if not k.startswith("clip_decoder.")}
+
+
+def describe_layout(state: Mapping[str, Tensor]) -> str:
+    """A name for the layout of a (converted) state dict, for messages."""
+    if vision_only_state(state) is not None:
+        return "UMT vision encoder only"
+    tops = {k.split(".", 1)[0] for k in state}
+    if {"vision_encoder", "text_encoder"} <= tops:
+        return "whole UMT (vision and text towers)"
+    if "blocks" in tops and "patch_embed" in tops:
+        return "single-modality ViT classifier (patch_embed.*, blocks.*: UMT / VideoMAE action-recognition layout)"
+    return "unrecognised (top-level keys: " + ", ".join(sorted(tops)[:8]) + ")"
 
 
 def load_umt_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
@@ -52,10 +75,13 @@ def load_umt_checkpoint(model: nn.Module, path: str | Path, strict: bool = True)
     from .model import UMT
     from .vision import VisionTransformer
 
-    if isinstance(model, VisionTransformer) and any(k.startswith("vision_encoder.") for k in state):
-        state = select_prefix(state, "vision_encoder.")
-    if isinstance(model, UMT) and _is_vision_only(state):
-        vision = model.vision_encoder
+    if isinstance(model, VisionTransformer):
+        if any(k.startswith("vision_encoder.") for k in state):
+            state = select_prefix(state, "vision_encoder.")
+        state = vision_only_state(state) or state  # a pretraining file's clip_decoder.* dropped
+    vision_state = vision_only_state(state) if isinstance(model, UMT) else None
+    if vision_state is not None:
+        state, vision = vision_state, model.vision_encoder
         fits = load_state_into(vision, state, str(path), strict=False) if not strict else _dry_report(vision, state, path)
         text_keys = sum(1 for k in model.state_dict() if not k.startswith("vision_encoder."))
         message = (f"{path} holds only a UMT vision encoder ({fits.loaded if not strict else _matching(vision, state)} "
@@ -73,9 +99,21 @@ def load_umt_checkpoint(model: nn.Module, path: str | Path, strict: bool = True)
         log.warning("%s: a vision-only file, %d vision tensors loaded; these stay as initialised (random): %s",
                     path, fits.loaded, group_keys(stay))
         return fits
-    report = load_state_into(model, state, str(path), strict)
+    try:
+        report = load_state_into(model, state, str(path), strict,
+                                 report=LoadReport(path=str(path), layout=describe_layout(state)))
+    except CheckpointError as err:
+        raise CheckpointError(str(err) + _single_modality_hint(state)) from None
     report.ignored, report.renamed_bert = ignored, renamed
     return report
+
+
+def _single_modality_hint(state: Mapping[str, Tensor]) -> str:
+    tops = {k.split(".", 1)[0] for k in state}
+    if "blocks" in tops and "patch_embed" in tops:
+        return ("\n  this is an action-recognition (single-modality) checkpoint: use it with a classification "
+                "preset (videomae_b16, ...), not with a UMT retrieval model")
+    return ""
 
 
 def group_keys(keys: list[str]) -> str:
