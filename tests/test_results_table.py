@@ -1,4 +1,5 @@
-"""evaluate.py's comparison table: each task's metrics, then GFLOPs (ratio to the first row), tokens per layer and
+"""evaluate.py's comparison table: each task's metrics, then GFLOPs (ratio to the unmerged row, else to the first
+row, said in the header), tokens per layer and
 throughput."""
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def _render(rows) -> tuple[list[str], str]:
 
 
 def _row(name: str, gflops: float, tokens: list[int], **metrics) -> dict:
-    return {"name": name, "method": name, "r": None, "layers": None, "gflops": gflops, "tokens_per_layer": tokens,
+    return {"name": name, "method": "none" if name == "no merging" else name, "r": None, "layers": None, "gflops": gflops, "tokens_per_layer": tokens,
             "videos_per_s": 10.0, "num_questions": 500, "num_missing": 0, **metrics}
 
 
@@ -41,3 +42,39 @@ def test_dual_encoder_retrieval_rows_show_the_itc_ranking():
     keys = ("img_r1", "img_r5", "img_r10", "img_MdR", "txt_r1", "txt_r5", "txt_r10", "txt_MdR")
     headers, text = _render([_row("none", 1.7, [37] * 6, **{f"itc/{k}": 40.0 for k in keys})])
     assert headers[:3] == ["method", "t2v R@1", "t2v R@5"] and headers[-1] == "videos/s" and "40.00" in text
+
+
+def test_ratio_is_against_the_unmerged_row_wherever_it_is():
+    rows = [_row("ToMe", 1.0, [216], top1=1.0, top5=2.0), _row("no merging", 2.0, [288], top1=1.0, top5=2.0),
+            _row("vid-TLDR", 0.5, [100], top1=1.0, top5=2.0)]
+    headers, text = _render(rows)
+    assert "GFLOPs/view" in headers and "1.00 (2.00x)" in text and "0.50 (4.00x)" in text
+
+
+def test_without_an_unmerged_row_the_header_names_the_reference():
+    rows = [_row("ToMe", 1.0, [216], top1=1.0, top5=2.0), _row("vid-TLDR", 0.5, [100], top1=1.0, top5=2.0)]
+    headers, text = _render(rows)
+    assert "GFLOPs/view (x: vs ToMe)" in headers and "0.50 (2.00x)" in text
+
+
+def test_unmeasured_throughput_says_why_never_zero():
+    row = _row("no merging", 2.0, [288], top1=1.0, top5=2.0)
+    row["videos_per_s"] = None
+    _, text = _render([row])
+    assert "n/a (one batch)" in text and " 0.0 " not in text
+
+
+def test_one_batch_rows_after_the_first_are_timed():
+    """The warm-up is an encoder's first call in the process, not each row's first batch: in a comparison whose
+    split is one batch, the first row says n/a and the later rows are measured (never 0.0)."""
+    from retrieval_bruteforce import TinyRetrievalData, make_task, make_trainer
+
+    from vidtldr_pl.compare import MergeSetting, evaluate_runs
+
+    task, data = make_task(k_test=4), TinyRetrievalData(num_videos=6, batch_size=6)
+    rows = evaluate_runs(make_trainer(), task, data, [MergeSetting(method="none", name="none"),
+                                                       MergeSetting(method="tome", r=[8], name="ToMe")], "test")
+    assert rows[0]["videos_per_s"] is None
+    assert isinstance(rows[1]["videos_per_s"], float) and rows[1]["videos_per_s"] > 0
+    _, text = _render(rows)
+    assert "n/a (one batch)" in text

@@ -123,22 +123,41 @@ def results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     for header, _ in columns:
         table.add_column(header, justify="right")
     per_view = known is CLASSIFICATION_COLUMNS
-    extra = (("GFLOPs/view" if per_view else "GFLOPs"), "tokens per layer", ("views/s" if per_view else "videos/s"))
+    base_row = reference_row(rows)
+    gflops_header = "GFLOPs/view" if per_view else "GFLOPs"
+    if base_row is not None and base_row.get("method", "none") != "none" and len(rows) > 1:
+        gflops_header += f" (x: vs {base_row['name']})"  # no unmerged row: say what the ratio is against
+    extra = (gflops_header, "tokens per layer", ("views/s" if per_view else "videos/s"))
     for header in extra if known else ():
         table.add_column(header, justify="left" if header == "tokens per layer" else "right")
-    base = rows[0].get("gflops") if rows else None
+    base = base_row.get("gflops") if base_row is not None else None
     for row in rows:
         cells = [row["name"]]
         cells += [_fmt(row.get(key), 1 if "MdR" in key else 2) for _, key in columns]
         if known:
             gflops = row.get("gflops")
-            ratio = f" ({base / gflops:.2f}x)" if gflops and base and row is not rows[0] else ""
+            ratio = f" ({base / gflops:.2f}x)" if gflops and base and row is not base_row else ""
             cells.append(f"{gflops:.2f}{ratio}" if gflops is not None else "-")
             tokens = row.get("tokens_per_layer")
             cells.append(compact_tokens(tokens) if tokens else "-")
-            cells.append(_fmt(row.get("videos_per_s"), 1))
+            cells.append(format_speed(row))
         table.add_row(*cells)
     return table
+
+
+def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row GFLOPs ratios are taken against: the first unmerged ("none") row, else the first row."""
+    return next((row for row in rows if row.get("method") == "none"), rows[0] if rows else None)
+
+
+def format_speed(row: dict[str, Any]) -> str:
+    """videos/s of a results row, one decimal; ``n/a (one batch)`` when only the warm-up batch ran."""
+    from .callbacks.measure import NOT_TIMED
+
+    speed = row.get("videos_per_s")
+    if isinstance(speed, (int, float)) and speed > 0:
+        return f"{speed:.1f}"
+    return NOT_TIMED if row.get("tokens_per_layer") else "-"
 
 
 def _fmt(value: Any, digits: int) -> str:

@@ -22,6 +22,7 @@ from .explore import CachedEvalDataModule, parse_schedules
 from .explore.families import family_schedule, fit_amplitude
 from .explore.flops_cost import FlopsCost
 from .explore.pareto import pareto_front, plot_pareto
+from .compare import format_speed
 from .merging import METHODS, MergeSetting
 
 log = logging.getLogger("vidtldr_pl.sweep")
@@ -76,11 +77,8 @@ def markdown_table(rows: list[dict[str, Any]], metric: str, label: str) -> str:
              "|---|---|---:|---:|---:|---:|:-:|"]
     for i, r in enumerate(rows):
         tokens = r.get("tokens_per_layer") or ["-"]
-        speed = r.get("videos_per_s")
         lines.append(f"| {r['method']} | {r.get('schedule_label', '-')} | {r[metric]:.2f} | {r['gflops']:.3f} | "
-                     f"{tokens[-1]} | {speed:.1f} | {'*' if i in front else ''} |" if isinstance(speed, (int, float))
-                     else f"| {r['method']} | {r.get('schedule_label', '-')} | {r[metric]:.2f} | {r['gflops']:.3f} | "
-                     f"{tokens[-1]} | - | {'*' if i in front else ''} |")
+                     f"{tokens[-1]} | {format_speed(r)} | {'*' if i in front else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +145,7 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
         rows.append(row)
         key, metric_label = metric_of(row, args.metric)
         print(f"[{k + 1}/{len(settings)}] {setting.label}: {metric_label} {row[key]:.2f}, {row['gflops']:.3f} GFLOPs, "
-              f"{row.get('videos_per_s') or 0:.1f} videos/s ({row['seconds']:.0f} s); clips decoded so far: "
+              f"{format_speed(row)} videos/s ({row['seconds']:.0f} s); clips decoded so far: "
               f"{data.decoded.get(split, 0)}", flush=True)
         meta.update(decoded_clips=data.decoded.get(split, 0), evaluations=data.loads.get(split, 0),
                     seconds=round(time.perf_counter() - t_start, 1))

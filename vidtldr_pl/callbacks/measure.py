@@ -1,13 +1,15 @@
 """Measure the merged encoders during evaluation: tokens per block, videos/s and GFLOPs per video.
 
-Forward hooks on every mergeable encoder of the LightningModule time each call (synchronising CUDA; the first
-batch is left out as warm-up), count videos, read the tokens after each block from the call's MergeState, and
+Forward hooks on every mergeable encoder of the LightningModule time each call (synchronising CUDA; an encoder's
+first call in the process is left out as warm-up, so that the second and later rows of a comparison are timed from
+their first batch), count videos, read the tokens after each block from the call's MergeState, and
 count FLOPs once per epoch on the meta device for the input shape seen. After the epoch the numbers are in
 ``self.results`` and, when the module keeps a ``results`` dict (the tasks do), added to it.
 """
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,6 +20,10 @@ from torch.utils.hooks import RemovableHandle
 
 from ..flops import encoder_flops
 from ..merging import MergeState, find_mergeable
+
+
+NOT_TIMED = "n/a (one batch)"  # shown for videos/s when the only batch timed was the warm-up
+_WARMED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # encoders whose warm-up call this process has made
 
 
 class _EncoderMeter:
@@ -55,9 +61,12 @@ class _EncoderMeter:
                 self.tokens_per_layer = list(state.tokens_per_layer)
             elif isinstance(out, Tensor):
                 self.tokens_per_layer = [out.shape[1]]
-        elif self.input_shape is not None:
-            self.seconds += elapsed
-            self.videos += self.input_shape[0]
+        if self.encoder in _WARMED:
+            if self.input_shape is not None:
+                self.seconds += elapsed
+                self.videos += self.input_shape[0]
+        else:
+            _WARMED.add(self.encoder)
         self.calls += 1
 
 
@@ -69,7 +78,8 @@ class EncoderStats(Callback):
         target: attribute path of the module to measure (default: the whole LightningModule).
 
     ``results`` after an epoch: ``tokens_per_layer`` (first encoder, first batch), ``videos_per_s`` (first encoder,
-    this process, first batch excluded; None with one batch), ``gflops`` / ``merge_gmacs`` (per video).
+    this process, its first call in the process excluded as warm-up; None when nothing else was timed: shown
+    as ``NOT_TIMED``), ``gflops`` / ``merge_gmacs`` (per video).
     """
 
     def __init__(self, flops: bool = True, target: str | None = None) -> None:

@@ -60,6 +60,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out_stem: str | Pat
     ax2.set_ylabel("measured videos/s (vision encoder)")
     ax2.grid(alpha=0.3)
     ax2.set_title("measured throughput")
+    if not any(isinstance(r.get("videos_per_s"), (int, float)) for r in rows):
+        ax2.text(0.5, 0.5, "not measured: each evaluation ran one batch\n(the first batch is the warm-up)",
+                 ha="center", va="center", transform=ax2.transAxes, color="0.4")
     fig.tight_layout()
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
