@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .explore import CachedEvalDataModule
-from .explore.families import family_schedule, fit_amplitude, parse_schedule
-from .explore.flops_cost import FlopsCost
-from .explore.searcher import BudgetSearch, SearchResult
-from .merging import METHODS, MergeSetting, token_counts
+from .catalog import METHOD_NAMES  # the heavy imports happen in run_search, so that --help answers at once
 
 log = logging.getLogger("vidtldr_pl.search")
 
@@ -65,7 +61,7 @@ def fragment(method: str, schedule: list[int], budget: str, value: float, metric
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m vidtldr_pl.search", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
-    p.add_argument("--method", default="vidtldr", help=f"one of {list(METHODS)}")
+    p.add_argument("--method", default="vidtldr", help=f"one of {list(METHOD_NAMES)}")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-gflops", type=float, help="vision-encoder GFLOPs per video")
     budget.add_argument("--budget-tokens", type=int, help="tokens summed over the blocks")
@@ -83,13 +79,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def run_search(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
     import json
 
+    t_start = time.perf_counter()
+    if args.method not in METHOD_NAMES:
+        raise ValueError(f"--method {args.method!r}: choose one of {list(METHOD_NAMES)}")
     from .cli import _plain, build_cli, resolve_config_args
     from .compare import evaluate_runs, write_results
+    from .explore import CachedEvalDataModule
+    from .explore.families import family_schedule, fit_amplitude, parse_schedule
+    from .explore.flops_cost import FlopsCost
+    from .explore.searcher import BudgetSearch, SearchResult
+    from .merging import MergeSetting, token_counts
     from .sweep import metric_of, quiet_config
 
-    t_start = time.perf_counter()
-    if args.method not in METHODS:
-        raise ValueError(f"--method {args.method!r}: choose one of {list(METHODS)}")
     cli = build_cli(quiet_config(resolve_config_args(config_argv)), "evaluate")
     model, trainer = cli.model, cli.trainer
     flops = FlopsCost(model)

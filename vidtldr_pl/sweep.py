@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .explore import CachedEvalDataModule, parse_schedules
-from .explore.families import family_schedule, fit_amplitude
-from .explore.flops_cost import FlopsCost
-from .explore.pareto import pareto_front, plot_pareto
-from .compare import format_speed
-from .merging import METHODS, MergeSetting
+from typing import TYPE_CHECKING
+
+from .catalog import METHOD_NAMES
+
+if TYPE_CHECKING:  # the heavy imports happen in the functions, so that --help answers at once
+    from .explore.flops_cost import FlopsCost
+    from .merging import MergeSetting
 
 log = logging.getLogger("vidtldr_pl.sweep")
 METRICS = (("itm/img_r1", "t2v R@1"), ("top1", "top-1"), ("acc", "accuracy"), ("itc/img_r1", "t2v R@1 (ITC)"))
@@ -43,9 +44,9 @@ def metric_of(row: dict[str, Any], wanted: str | None = None) -> tuple[str, str]
 
 def check_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m != "none" and m not in METHODS]
+    unknown = [m for m in methods if m != "none" and m not in METHOD_NAMES]
     if unknown or not methods:
-        raise ValueError(f"--methods {text!r}: unknown {unknown}; choose from {['none', *METHODS]}")
+        raise ValueError(f"--methods {text!r}: unknown {unknown}; choose from {['none', *METHOD_NAMES]}")
     return methods
 
 
@@ -54,6 +55,9 @@ def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], c
     """(setting, schedule label) for "none" once, then every schedule for every method (schedule-major, so that a
     sweep stopped early still compares all methods), then every budget for every method (the family's amplitude
     fitted to the budget with that method's own FLOPs)."""
+    from .explore.families import family_schedule, fit_amplitude
+    from .merging import MergeSetting
+
     out: list[tuple[MergeSetting, str]] = []
     if "none" in methods:
         out.append((MergeSetting(method="none", name="none"), "-"))
@@ -72,6 +76,9 @@ def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], c
 
 def markdown_table(rows: list[dict[str, Any]], metric: str, label: str) -> str:
     """One line per point: method, schedule, metric, GFLOPs, tokens after the last block, videos/s, Pareto mark."""
+    from .compare import format_speed
+    from .explore.pareto import pareto_front
+
     front = set(pareto_front([(r["gflops"], r[metric]) for r in rows]))
     lines = [f"| method | schedule | {label} | GFLOPs | tokens at the end | videos/s | Pareto |",
              "|---|---|---:|---:|---:|---:|:-:|"]
@@ -93,7 +100,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m vidtldr_pl.sweep", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--methods", default="none,tome,vidtldr,random_drop,saliency_drop",
-                   help=f"comma-separated methods: none and any of {list(METHODS)}")
+                   help=f"comma-separated methods: none and any of {list(METHOD_NAMES)}")
     p.add_argument("--schedules", default="front:24,48,72,96,120,144",
                    help='";"-separated explicit lists ([72,36,18]) or families (front:24,48 constant:8 delayed:24@2)')
     p.add_argument("--budgets-gflops", default="", help="comma-separated GFLOPs budgets; each method's --family "
@@ -108,6 +115,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def replot(out: Path, metric: str | None = None) -> None:
     """Rewrite sweep.md and pareto.png / .svg from a finished (or partial) sweep.json."""
+    from .explore.pareto import plot_pareto
+
     payload = json.loads((out / "sweep.json").read_text())
     rows, meta = payload["runs"], (payload.get("config") or {}).get("sweep", {})
     key, label = metric_of(rows[0], metric or meta.get("metric"))
@@ -119,7 +128,10 @@ def replot(out: Path, metric: str | None = None) -> None:
 def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
     """Build the config's model / data / trainer, decode the split once, evaluate every point; write the outputs."""
     from .cli import _plain, build_cli, resolve_config_args
-    from .compare import evaluate_runs, print_results, write_results
+    from .compare import evaluate_runs, format_speed, print_results, write_results
+    from .explore import CachedEvalDataModule, parse_schedules
+    from .explore.flops_cost import FlopsCost
+    from .explore.pareto import plot_pareto
 
     t_start = time.perf_counter()
     methods = check_methods(args.methods)

@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from .explore.maps import MergeMaps, merge_maps
-from .explore.render import write_all
-from .merging import MergeSetting, apply_merge, find_mergeable
+if TYPE_CHECKING:  # the heavy imports happen in the functions, so that --help answers at once
+    from torch import Tensor, nn
+
+    from .explore.maps import MergeMaps
+    from .merging import MergeSetting
 
 
 def load_video(path: str | Path, num_frames: int, img_size: int, tubelet: int = 1) -> tuple[Tensor, Tensor]:
@@ -37,6 +38,9 @@ def load_video(path: str | Path, num_frames: int, img_size: int, tubelet: int = 
 def video_maps(model: nn.Module, video: Tensor, setting: MergeSetting | None = None) -> MergeMaps:
     """Maps of video (1, 3, T, H, W) through model's first mergeable encoder; ``setting``: apply it first (None:
     keep the model's current merge setting)."""
+    from .explore.maps import merge_maps
+    from .merging import apply_merge, find_mergeable
+
     if setting is not None:
         apply_merge(model, setting)
     encoders = find_mergeable(model)
@@ -51,6 +55,11 @@ def visualize_file(model: nn.Module, video_path: str | Path, out_dir: str | Path
                    stem: str | None = None) -> dict[str, Any]:
     """Decode ``video_path`` as the model's encoder expects, compute the maps under ``setting``, write the files;
     returns {"paths": {...}, "share": [[...]], "tokens_per_layer": [...]}."""
+    import torch
+
+    from .explore.render import write_all
+    from .merging import find_mergeable
+
     encoder = find_mergeable(model)[0]
     cfg = encoder.cfg
     video, frames = load_video(video_path, cfg.num_frames, cfg.img_size, cfg.tubelet_size)
@@ -72,7 +81,7 @@ def default_r(config_argv: list[str], method: str) -> Any:
     """r of the config's ``compare`` row for ``method`` (None when there is none)."""
     import yaml
 
-    from .cli import resolve_config_args
+    from .preflight import resolve_config_args
 
     argv = resolve_config_args(config_argv)
     for i, arg in enumerate(argv):
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --video {args.video}: no such file", file=sys.stderr)
         return 2
     from .cli import build_cli, resolve_config_args
+    from .merging import MergeSetting
     from .sweep import quiet_config
 
     r = args.r if args.r is not None else default_r(rest, args.method)

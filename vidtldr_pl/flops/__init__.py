@@ -1,4 +1,14 @@
-"""FLOPs and token accounting for merged encoders."""
-from .counter import FlopReport, count_flops, encoder_flops, vision_flops
+"""FLOPs and token accounting for merged encoders (the names load on first use, so that ``python -m
+vidtldr_pl.flops.report --help`` answers without importing torch)."""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __all__ = ["FlopReport", "count_flops", "encoder_flops", "vision_flops"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(import_module(".counter", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from ..backbones import create_model, list_models
-from ..merging import MergeSetting, apply_merge, find_mergeable
-from .counter import FlopReport, encoder_flops
+if TYPE_CHECKING:  # the heavy imports happen in the functions, so that --help answers at once
+    import torch
+
+    from .counter import FlopReport
 
 
 def compact_tokens(counts: list[int]) -> str:
@@ -32,6 +31,12 @@ def compact_tokens(counts: list[int]) -> str:
 def flops_table(model_name: str, frames: int, r: str, methods: list[str], attention: str, device: str) -> dict[str, FlopReport]:
     """{method: FlopReport} per video of ``model_name``'s (first) mergeable encoder at ``frames`` frames.
     device "meta" counts shapes only; other devices run the model once per method."""
+    import torch
+
+    from ..backbones import create_model
+    from ..merging import MergeSetting, apply_merge, find_mergeable
+    from .counter import encoder_flops
+
     with torch.device(device):
         model = create_model(model_name, num_frames=frames, attention=attention)
     encoder = find_mergeable(model)[0]
@@ -57,7 +62,8 @@ def _run_flops(encoder: torch.nn.Module) -> FlopReport:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="umt_b16", help=f"a registered model: {', '.join(list_models())}")
+    parser.add_argument("--model", default="umt_b16", help="a registered model (umt_b16, umt_l16, videomae_b16, vificlip_b16, ...; "
+                        "all: vidtldr_pl.backbones.list_models())")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--r", default="600,200,100", help="per-layer r list (MSRVTT schedule by default)")
     parser.add_argument("--methods", default="none,tome,vidtldr")
@@ -66,6 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="meta", help="meta counts shapes only; cpu/cuda run the model")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..backbones import list_models
+
+    if args.model not in list_models():
+        parser.error(f"--model {args.model!r} is not a registered model; choose one of {', '.join(list_models())}")
 
     results = flops_table(args.model, args.frames, args.r, args.methods.split(","), args.attention, args.device)
     base = results.get("none")
