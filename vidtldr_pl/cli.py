@@ -3,6 +3,8 @@ override, progress lines in logs, quiet output, the saved run config."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import warnings
 from datetime import datetime
@@ -16,43 +18,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .cli_help import HELP_ALL_FLAG, config_dir, help_requested, short_help
 
-CHECKPOINT_HINT = (
-    "official fine-tuned UMT checkpoints are linked from the UMT / vid-TLDR repositories' MODEL_ZOO; pass the file "
-    "with --model.init_args.checkpoint=/path/to/file.pth"
-)
-
-
-def find_config(value: str) -> Path:
-    """A config file as given; else a shipped one, by relative path (``strategies/ddp.yaml`` or
-    ``configs/strategies/ddp.yaml``) or by name (``msrvtt_umt.yaml``). A missing file: SystemExit, one line."""
-    path = Path(value)
-    if path.exists():
-        return path
-    shipped = config_dir()
-    if not path.is_absolute():
-        relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) and len(path.parts) > 1 else path
-        for candidate in (shipped / relative, shipped / path.name):
-            if candidate.is_file():
-                return candidate
-    available = ", ".join(sorted(p.relative_to(shipped).as_posix() for p in shipped.rglob("*.yaml"))) or "none"
-    raise SystemExit(f"config file not found: {value} (the shipped configs, {shipped}: {available})")
-
-
-def resolve_config_args(argv: list[str]) -> list[str]:
-    """Let ``--config msrvtt_umt.yaml`` find the shipped configs/msrvtt_umt.yaml from any directory and from an
-    installed (non-editable) package; a missing file gives a short message."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        value = None
-        if arg == "--config" and i + 1 < len(out):
-            value, pos = out[i + 1], i + 1
-        elif arg.startswith("--config="):
-            value, pos = arg.split("=", 1)[1], i
-        if value is None:
-            continue
-        path = find_config(value)
-        out[pos] = str(path) if arg == "--config" else f"--config={path}"
-    return out
+from .run_control import RunInterrupted, StopOnSignal, check_merge_settings, reserve_logger_version, unique_path
+from .preflight import CHECKPOINT_HINT, UsageError, find_config, parser_error_line, resolve_config_args  # noqa: F401
+from .strategy_check import exit_on_unusable_strategy
 
 
 class _NoAdverts(logging.Filter):
@@ -174,20 +142,43 @@ def apply_merge_override(config: Any, stage: str) -> None:
 
 class SaveRunConfig(SaveConfigCallback):
     """The resolved config of a run, saved into its log folder as ``config.yaml``; when that name is taken (a
-    second run into the same folder, e.g. without a versioned logger) as ``config_<time>.yaml``, never aborting."""
+    second run into the same folder, e.g. without a versioned logger) as ``config_<time>.yaml``, never aborting.
+    At the end of the fit, rank 0 prints one line naming the config and the best / last checkpoints (the run
+    folder's version is not always version_0)."""
+
+    config_path: str | None = None  # where setup saved the config
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.already_saved:
             return
+        # trainer.log_dir is a collective (rank 0 broadcasts its folder): every process reads it, in the same order
+        log_dir = trainer.log_dir
         name = self.config_filename
-        if trainer.is_global_zero and trainer.log_dir is not None:
-            folder = Path(trainer.log_dir)
+        if trainer.is_global_zero and log_dir is not None:
+            folder = Path(log_dir)
             stem, suffix = Path(name).stem, Path(name).suffix or ".yaml"
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             candidates = [name] + [f"{stem}_{stamp}{suffix}"] + [f"{stem}_{stamp}_{i}{suffix}" for i in range(1, 1000)]
             name = next(c for c in candidates if not (folder / c).exists())
         self.config_filename = trainer.strategy.broadcast(name)
+        self.config_path = str(Path(log_dir) / self.config_filename) if log_dir is not None else None
         super().setup(trainer, pl_module, stage)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        parts: list[str] = []
+        for cb in trainer.callbacks:
+            if not isinstance(cb, ModelCheckpoint):
+                continue
+            what = {None: "latest", "step": "newest periodic"}.get(cb.monitor, f"best by {cb.monitor}")
+            for label, path in ((what, cb.best_model_path), ("last", cb.last_model_path)):
+                if path and not any(p.endswith(f" {path}") for p in parts):
+                    parts.append(f"{label} {path}")
+        written = "checkpoints: " + ", ".join(parts) if parts else "no checkpoint written"
+        print(written + (f" (config: {self.config_path})" if self.config_path else ""), flush=True)
 
 
 class VidTLDRCLI(LightningCLI):
@@ -233,6 +224,8 @@ class VidTLDRCLI(LightningCLI):
         except MergeOverrideError as err:  # a usage error: one line, exit code 2 (as argparse)
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        exit_on_unusable_strategy(config.get("trainer"))  # DeepSpeed / a GPU accelerator without CUDA: one line, exit 2
+        reserve_logger_version(config.get("trainer"))  # version_N taken atomically: concurrent runs never share it
 
     def instantiate_classes(self) -> None:
         """As LightningCLI, with jsonargparse's ``instantiate`` (``instantiate_classes`` is deprecated there)."""
@@ -248,12 +241,20 @@ class VidTLDRCLI(LightningCLI):
         progress bar off or brings its own."""
         given = config.get("callbacks") or []
         given = given if isinstance(given, list) else [given]
+        if config.get("logger") is False:  # --trainer.logger=false: LearningRateMonitor would raise at the start
+            from lightning.pytorch.callbacks import LearningRateMonitor
+
+            given = config["callbacks"] = [cb for cb in given if not isinstance(cb, LearningRateMonitor)]
         own_bar = any(isinstance(cb, ProgressBar) for cb in [*given, *callbacks])
         if config.get("enable_progress_bar") is not False and not own_bar and not _stderr_is_terminal():
             from .callbacks.progress import LogProgressBar
 
             callbacks = [*callbacks, LogProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def _stderr_is_terminal() -> bool:
@@ -270,29 +271,72 @@ def build_cli(argv: list[str], stage: str = "evaluate") -> VidTLDRCLI:
         pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         run=False, args=argv, stage=stage, seed_everything_default=0,  # Lightning's default seed, without its warning
         save_config_callback=SaveRunConfig if stage == "fit" else None,
-        parser_kwargs={"description": short_help(stage).split("\n\n")[1]},
+        # parser errors raise (run_cli prints them as one line) instead of printing the whole usage
+        parser_kwargs={"description": short_help(stage).split("\n\n")[1], "exit_on_error": False},
     )
 
 
-def _evaluate(cli: VidTLDRCLI) -> None:
+class EvaluationProgress:
+    """What an evaluation has finished so far (for the line printed when a signal stops it)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.rows, self.path, self.current = total, [], None, ""
+
+    def summary(self) -> str:
+        if not self.rows:
+            return f"before the first of {self.total} evaluation(s) finished (during {self.current}); no results written"
+        return (f"during {self.current or 'the report'}: {len(self.rows)} of {self.total} evaluation(s) finished, "
+                f"written to {self.path}")
+
+
+def merge_settings_of(cli: VidTLDRCLI, stage: str) -> list[tuple[str, Any]]:
+    """(where, setting) of every merge setting the run will use: each ``compare`` row, the TokenMerging callback."""
+    from .callbacks import TokenMerging
+
+    rows = list(cli.config.compare or []) if stage == "evaluate" else []
+    found = [(f"compare row {i + 1} ({_get(row, 'name') or _get(row, 'method')})", row) for i, row in enumerate(rows)]
+    if not found:
+        found = [(f"TokenMerging callback ({cb.method})", {"method": cb.method, "r": cb.r, "layers": cb.layers})
+                 for cb in cli.trainer.callbacks if isinstance(cb, TokenMerging)]
+    return found
+
+
+def _evaluate(cli: VidTLDRCLI, progress: EvaluationProgress) -> None:
     from vidtldr_pl.compare import evaluate_runs, print_results, write_results
 
     cfg = cli.config
     split = {"val": "validate", "valid": "validate"}.get(cfg.split, cfg.split)
-    rows = evaluate_runs(cli.trainer, cli.model, cli.datamodule, cfg.compare, split)
+    runs = list(cfg.compare or []) or [None]
+    progress.total = len(runs)
+    # every process reads the path (trainer.log_dir is a collective); rank 0 creates it exclusively
+    path = Path(cfg.results) if cfg.results else default_results_path(cli.trainer)
+    rows: list[dict[str, Any]] = []
+    for i, run in enumerate(runs):
+        progress.current = f"evaluation {i + 1} of {len(runs)}" + (f" ({_get(run, 'name') or _get(run, 'method')})"
+                                                                     if run is not None else "")
+        rows += evaluate_runs(cli.trainer, cli.model, cli.datamodule, [run] if run is not None else None, split)
+        if cli.trainer.is_global_zero:
+            progress.path = write_results(rows, path, _plain(cfg))  # after every row: a stopped run keeps them
+        progress.rows = list(rows)
+    progress.current = ""
     if cli.trainer.is_global_zero:
         title = f"{type(cli.model).__name__} on {type(cli.datamodule).__name__} ({split} split)"
         print_results(rows, title)
-        path = write_results(rows, cfg.results or default_results_path(cli.trainer), _plain(cfg))
         print(f"results written to {path}")
 
 
 def default_results_path(trainer: pl.Trainer) -> Path:
-    """<logger dir>/results.json next to the logs; without a logger <default_root_dir>/outputs/results_<time>.json."""
-    if trainer.logger is not None and trainer.log_dir:
-        return Path(trainer.log_dir) / "results.json"
+    """<logger dir>/results.json next to the logs (the run's own version folder); without a logger
+    <default_root_dir>/outputs/results_<time>.json, taken exclusively (``_1``, ``_2`` ... when a concurrent run
+    has that name). Read on every process: ``trainer.log_dir`` is a collective."""
+    log_dir = trainer.log_dir if trainer.logger is not None else None
+    if log_dir:
+        return Path(log_dir) / "results.json"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(trainer.default_root_dir) / "outputs" / f"results_{stamp}.json"
+    path = Path(trainer.default_root_dir) / "outputs" / f"results_{stamp}.json"
+    if trainer.is_global_zero:
+        path = unique_path(path)
+    return Path(trainer.strategy.broadcast(str(path)))
 
 
 def _plain(cfg) -> dict:
@@ -334,14 +378,38 @@ def run_cli(stage: str, argv: list[str]) -> int:
         return 0
     if wanted == "all":
         argv = ["--help" if arg == HELP_ALL_FLAG else arg for arg in argv]
+    from argparse import ArgumentError
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    stop = StopOnSignal()
+    progress = EvaluationProgress(0)
     try:
-        cli = build_cli(argv, stage)
+        with stop.installed():
+            cli = build_cli(argv, stage)
+            check_merge_settings(cli.model, merge_settings_of(cli, stage))  # before any video is decoded
+            cli.trainer.callbacks.append(stop)
+            if stage == "evaluate":
+                _evaluate(cli, progress)
+            elif stage == "fit":
+                cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+            else:
+                getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
+    except (RunInterrupted, SIGTERMException) as err:
+        stopped = err if isinstance(err, RunInterrupted) else RunInterrupted(signal.SIGTERM)
         if stage == "evaluate":
-            _evaluate(cli)
-        elif stage == "fit":
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+            what = progress.summary()
+        elif stopped.checkpoint:
+            what = (f"at step {stopped.step}; resumable checkpoint {stopped.checkpoint} (resume: "
+                    f"--ckpt_path={stopped.checkpoint})")
         else:
-            getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
+            what = "before a resumable point; the checkpoints written so far are kept"
+        if _is_rank_zero():
+            print(f"error: stopped by {stopped.name} {what}", file=sys.stderr, flush=True)
+        return stopped.exit_code
+    except (ArgumentError, UsageError) as err:  # a usage error: one line (with a "did you mean"), exit code 2
+        print(f"error: {parser_error_line(str(err)) if isinstance(err, ArgumentError) else err}", file=sys.stderr)
+        return 2
     except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
         cause: BaseException | None = err
         while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError, VideoDecodeError,
