@@ -3,14 +3,19 @@ is and where it goes: 3 shapes x 4 directions = 12 classes ("circle moving left"
 (still by default) and wandering grey distractors of ``vidtldr_pl.data_modules.synthetic``; ``SyntheticActionDataModule`` generates it on first
 use and serves it as a classification DataModule.
 
-A person tells the classes apart at a glance, but a model must look at the actor: it covers about 4-13 % of the
+A person tells the classes apart at a glance, but a model must look at the actor: it covers about 2-13 % of the
 frame, and its colour and size are drawn independently of the class, so most tokens carry nothing about the label
 (the situation vid-TLDR exploits), and telling left from right needs more than one frame. The actor crosses the frame
 exactly as the retrieval benchmark's objects do. Clip i of a split has class ``i % 12`` (balanced splits) and
 depends only on (seed, split, i). Clips are real mp4 files written through PyAV.
+
+The generation and the DataModule take a ``ClassKind``: what a class fixes of the actor and what is drawn. The
+action kind is this module's; ``vidtldr_pl.data_modules.synthetic_objects`` labels the same scenes by colour and
+shape instead.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,6 +77,14 @@ class Actor:
         return y + dy * 0.6 * (u - 0.5), x + dx * 0.6 * (u - 0.5)
 
 
+def place_actor(rng: np.random.Generator, shape: str, motion: str, colour: str, size: str) -> Actor:
+    """The actor's path drawn from ``rng``: it crosses the frame through its middle, anywhere across it."""
+    dx, dy = MOTIONS[motion]
+    along, across = 0.5 + rng.uniform(-0.05, 0.05), rng.uniform(0.2, 0.8)
+    centre = (along, across) if dy else (across, along)
+    return Actor(shape, motion, colour, size, (float(centre[0]), float(centre[1])))
+
+
 def sample_actor(rng: np.random.Generator, action: str) -> Actor:
     """An actor of class ``action`` ("<shape> moving <direction>"): colour, size and path drawn from ``rng``."""
     if action not in ACTIONS:
@@ -79,10 +92,25 @@ def sample_actor(rng: np.random.Generator, action: str) -> Actor:
     shape, motion = action.split(" moving ")
     colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
     size = list(SIZES)[int(rng.integers(len(SIZES)))]
-    dx, dy = MOTIONS[motion]
-    along, across = 0.5 + rng.uniform(-0.05, 0.05), rng.uniform(0.2, 0.8)  # crosses the frame anywhere across it
-    centre = (along, across) if dy else (across, along)
-    return Actor(shape, motion, colour, size, (float(centre[0]), float(centre[1])))
+    return place_actor(rng, shape, motion, colour, size)
+
+
+@dataclass(frozen=True)
+class ClassKind:
+    """How a benchmark of these scenes labels its clips. name: in the progress line ("synthetic <name> test
+    split"); key: the cache folder's prefix; classes: the class names in label order; sample(rng, class name) ->
+    the actor of a clip of that class; stream: separates its random streams from the other kinds' (same seed,
+    other clips); flip_changes_label: a horizontal flip turns a clip of one class into another."""
+
+    name: str
+    key: str
+    classes: tuple[str, ...]
+    sample: Callable[[np.random.Generator, str], Actor]
+    stream: int
+    flip_changes_label: bool
+
+
+ACTION_KIND = ClassKind("action", "actions", ACTIONS, sample_actor, STREAM, flip_changes_label=True)
 
 
 def render_action_clip(rng: np.random.Generator, actor: Actor, cfg: ActionConfig) -> np.ndarray:
@@ -99,45 +127,47 @@ def render_action_clip(rng: np.random.Generator, actor: Actor, cfg: ActionConfig
     return video
 
 
-def clip_rng(cfg: ActionConfig, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([cfg.seed, SPLITS[split], index, STREAM])
+def clip_rng(cfg: ActionConfig, split: str, index: int, stream: int = STREAM) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, SPLITS[split], index, stream])
 
 
 def generate_action_split(root: str | Path, split: str, num_videos: int, cfg: ActionConfig,
-                          ann_name: str | None = None) -> Path:
+                          ann_name: str | None = None, kind: ClassKind = ACTION_KIND) -> Path:
     """Write <root>/videos/<split>_<i>.mp4 and the annotation <root>/anno/<ann_name or split.json>: a JSON list of
-    {"video", "label", "label_name", "caption", "actor"}; returns its path. Clip i has class i % len(ACTIONS) and
-    depends only on (seed, split, i): clips on disk are kept, a larger split extends a smaller one."""
+    {"video", "label", "label_name", "caption", "actor"}; returns its path. Clip i has class i % len(kind.classes)
+    and depends only on (seed, split, i, kind): clips on disk are kept, a larger split extends a smaller one."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "anno").mkdir(exist_ok=True)
     entries = []
-    for i in track(range(num_videos), f"generating synthetic action {split} split", unit="clips"):
-        rng = clip_rng(cfg, split, i)
-        actor = sample_actor(rng, ACTIONS[i % len(ACTIONS)])
+    for i in track(range(num_videos), f"generating synthetic {kind.name} {split} split", unit="clips"):
+        rng = clip_rng(cfg, split, i, kind.stream)
+        label = i % len(kind.classes)
+        actor = kind.sample(rng, kind.classes[label])
         name = f"{split}_{i:05d}.mp4"
         write_new_clip(root / "videos" / name, lambda: render_action_clip(rng, actor, cfg), cfg.fps)  # noqa: B023
-        entries.append({"video": name, "label": actor.label, "label_name": actor.action, "caption": actor.caption,
+        entries.append({"video": name, "label": label, "label_name": kind.classes[label], "caption": actor.caption,
                         "actor": asdict(actor)})
     ann = root / "anno" / (ann_name or f"{split}.json")
     write_json(ann, entries)
     return ann
 
 
-def ensure_action_dataset(root: str | Path, cfg: ActionConfig, sizes: dict[str, int]) -> Path:
-    """Generate (once) the splits {split: num_videos} with n > 0 under root/<config key>/, annotations
+def ensure_action_dataset(root: str | Path, cfg: ActionConfig, sizes: dict[str, int],
+                          kind: ClassKind = ACTION_KIND) -> Path:
+    """Generate (once) the splits {split: num_videos} with n > 0 under root/<kind key>_<config key>/, annotations
     anno/<split>_<n>.json, and classes.txt (one class name a line, in label order). Returns the dataset folder."""
-    key = f"actions_seed{cfg.seed}_f{cfg.frames}_s{cfg.size}_d{cfg.distractors}_b{cfg.background_drift:g}"
+    key = f"{kind.key}_seed{cfg.seed}_f{cfg.frames}_s{cfg.size}_d{cfg.distractors}_b{cfg.background_drift:g}"
     out = Path(root) / key
     for split, n in sizes.items():
         if n > 0 and not (out / "anno" / f"{split}_{n}.json").exists():
-            generate_action_split(out, split, n, cfg, ann_name=f"{split}_{n}.json")
+            generate_action_split(out, split, n, cfg, ann_name=f"{split}_{n}.json", kind=kind)
     out.mkdir(parents=True, exist_ok=True)
     classes = out / "classes.txt"
     if not classes.exists():
-        classes.write_text("\n".join(ACTIONS) + "\n")
+        classes.write_text("\n".join(kind.classes) + "\n")
     write_json(out / "config.json", asdict(cfg))
     return out
 
@@ -153,6 +183,7 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
     """
 
     title = "synthetic actions"
+    kind = ACTION_KIND
 
     def __init__(
         self,
@@ -173,7 +204,7 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
         train_flip_p: float = 0.0,
         **kwargs,
     ) -> None:
-        if train_flip_p:
+        if train_flip_p and self.kind.flip_changes_label:
             raise ValueError(f"train_flip_p must be 0 for synthetic actions (a flip turns 'moving left' into 'moving "
                              f"right' under the same label), got {train_flip_p}")
         clips = ActionConfig(seed=seed, frames=clip_frames, size=clip_size, background_drift=background_drift)
@@ -181,8 +212,8 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
         pending = Path(cache_dir) / "pending"
         super().__init__(
             test=str(pending / "test.json"), val=str(pending / "val.json"), train=str(pending / "train.json"),
-            video_root=str(pending / "videos"), class_names=list(ACTIONS), protocol="segment", num_frames=num_frames,
-            test_clips=1, test_crops=1, val_views="single", img_size=img_size, batch_size=batch_size,
+            video_root=str(pending / "videos"), class_names=list(self.kind.classes), protocol="segment",
+            num_frames=num_frames, test_clips=1, test_crops=1, val_views="single", img_size=img_size, batch_size=batch_size,
             eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed,
             train_crop_scale=train_crop_scale, train_flip_p=train_flip_p, **kwargs,
         )
@@ -192,12 +223,12 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
         cache_dir, cfg, sizes = self.synthetic
         splits = stage_splits(stages)
         wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
-        out = ensure_action_dataset(cache_dir, cfg, wanted)
+        out = ensure_action_dataset(cache_dir, cfg, wanted, self.kind)
         h = self.hparams
         for split in splits:
             setattr(h, split, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)
         h.video_root = str(out / "videos")
 
 
-__all__ = ["ACTIONS", "ActionConfig", "Actor", "ensure_action_dataset", "generate_action_split", "render_action_clip",
-           "sample_actor", "SyntheticActionDataModule"]
+__all__ = ["ACTION_KIND", "ACTIONS", "ActionConfig", "Actor", "ClassKind", "ensure_action_dataset",
+           "generate_action_split", "place_actor", "render_action_clip", "sample_actor", "SyntheticActionDataModule"]

@@ -23,8 +23,9 @@ def run_demo(config: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, 
     return proc, json.loads(out.read_text())["runs"]
 
 
-def readme_table(heading: str, command: str) -> dict[str, list[str]]:
-    """The first table of the README section ``heading`` (which must show ``command``): first cell -> the others."""
+def readme_table(heading: str, command: str, header: bool = False) -> dict[str, list[str]]:
+    """The first table of the README section ``heading`` (which must show ``command``): first cell -> the others
+    (the header row too when ``header``, first)."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index(heading):]
     section = section[:section.index("\n## ", len(heading))] if "\n## " in section[len(heading):] else section
@@ -37,4 +38,16 @@ def readme_table(heading: str, command: str) -> dict[str, list[str]]:
             break
         if not line.startswith("|---"):
             rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return {cells[0]: cells[1:] for cells in rows[1:]}
+    return {cells[0]: cells[1:] for cells in rows[0 if header else 1:]}
+
+
+def printed_table(stdout: str) -> dict[str, list[str]]:
+    """The last box table rich printed on ``stdout`` as ``readme_table(..., header=True)`` reads a README table:
+    first cell -> the others, the header row (┃ ... ┃) first, then the rows (│ ... │)."""
+    rows: list[list[str]] = []
+    for line in stdout.splitlines():
+        if line.startswith("┃"):
+            rows = [[cell.strip() for cell in line.strip("┃").split("┃")]]
+        elif line.startswith("│") and rows:
+            rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return {cells[0]: cells[1:] for cells in rows}
