@@ -133,3 +133,22 @@ def test_sigterm_in_training_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_weights(tmp_path / "whole"), final_weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_bad_resume_checkpoint_one_line_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.ckpt")
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint at all")
+    for name, reason in (("evil", "it holds Python objects that a safe load refuses"),
+                         ("garbage", "not a PyTorch checkpoint")):
+        proc = subprocess.run([*train_args(tmp_path / "out", tmp_path / "cache"), f"--ckpt_path={tmp_path / name}.ckpt"],
+                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        (line,) = error_lines(proc.stderr)
+        assert line.startswith(f"error: --ckpt_path {tmp_path / name}.ckpt: not a checkpoint this run can resume: {reason}")
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "PWNED").exists()

@@ -253,6 +253,22 @@ class VidTLDRCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def unreadable_resume_checkpoint(err: BaseException, ckpt_path: str | None) -> UsageError | None:
+    """A UsageError naming ``--ckpt_path`` when ``err`` came from reading that file (a safe load refusing it, or not a
+    checkpoint at all); None for any other error."""
+    import traceback
+
+    if not ckpt_path or not any(frame.f_code.co_filename.endswith(("torch/serialization.py", "cloud_io.py"))
+                                for frame, _ in traceback.walk_tb(err.__traceback__)):
+        return None
+    text = str(err)
+    blocked = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Check the documentation")]
+    reason = (f"it holds Python objects that a safe load refuses ({blocked})" if blocked
+              else f"not a PyTorch checkpoint ({(lines[-1] if lines else type(err).__name__)[:200]})")
+    return UsageError(f"--ckpt_path {ckpt_path}: not a checkpoint this run can resume: {reason}")
+
+
 def _is_rank_zero() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
@@ -392,7 +408,10 @@ def run_cli(stage: str, argv: list[str]) -> int:
             if stage == "evaluate":
                 _evaluate(cli, progress)
             elif stage == "fit":
-                cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+                try:
+                    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+                except Exception as err:
+                    raise (unreadable_resume_checkpoint(err, cli.config.ckpt_path) or err) from None
             else:
                 getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
     except (RunInterrupted, SIGTERMException) as err:
