@@ -10,6 +10,10 @@ Formats (a bad line or entry raises one AnnotationError line naming the file and
 - class-name files: one name per line, ``id,name`` CSV (ViFi-CLIP), ``<id> <name>`` (UCF101's 1-based classInd.txt),
   a JSON list of names or a ``{name: id}`` object;
 - the official SSv2, UCF101 and HMDB51 split files (:func:`read_ssv2`, :func:`read_ucf101`, :func:`read_hmdb51`).
+
+Video paths are taken under the video root and must stay there (``allow_absolute_paths`` opts out; see
+:func:`vidtldr_pl.data_modules.annotations.video_path`). Exact duplicate rows of a list or table are logged with
+their count and kept or dropped (``duplicates``).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .annotations import AnnotationError
+from .annotations import AnnotationError, Duplicates, drop_or_keep_duplicates, video_path
 
 __all__ = [
     "VIDEO_EXTENSIONS", "LabelledVideos", "read_class_folders", "read_class_names", "read_hmdb51", "read_space_list",
@@ -59,8 +63,8 @@ def _json(path: Path) -> object:
         raise AnnotationError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
 
 
-def _join(root: str | Path, video: str) -> str:
-    return str(Path(root) / video)
+def _join(root: str | Path, video: str, where: str = "", allow_outside: bool = False) -> str:
+    return video_path(root, video, where or "annotation", allow_outside)
 
 
 def _int(text: str) -> int | None:
@@ -77,11 +81,14 @@ def _check_label(label: int, num_classes: int | None, where: str) -> int:
     return label
 
 
-def read_space_list(path: str | Path, root: str | Path = "", num_classes: int | None = None) -> LabelledVideos:
+def read_space_list(path: str | Path, root: str | Path = "", num_classes: int | None = None, *,
+                    allow_absolute_paths: bool = False, duplicates: Duplicates = "keep") -> LabelledVideos:
     """``<path> <integer label>`` per line, no header (Kinetics lists as VideoMAE / pytorchvideo write them)."""
     path = Path(path)
     out = LabelledVideos()
-    for n, raw in enumerate(_lines(path), 1):
+    lines = [(n, raw) for n, raw in enumerate(_lines(path), 1) if raw.strip()]
+    lines = drop_or_keep_duplicates(lines, lambda item: item[1].strip(), str(path), duplicates)
+    for n, raw in lines:
         line = raw.strip()
         if not line:
             continue
@@ -89,7 +96,7 @@ def read_space_list(path: str | Path, root: str | Path = "", num_classes: int | 
         label = _int(parts[-1]) if len(parts) == 2 else None
         if label is None:
             raise AnnotationError(f"{path}:{n}: expected '<video path> <integer label>' (space-separated), got {line!r:.80}")
-        out.videos.append(_join(root, parts[0]))
+        out.videos.append(_join(root, parts[0], f"{path}:{n}", allow_absolute_paths))
         out.labels.append(_check_label(label, num_classes, f"{path}:{n}"))
     if not out.videos:
         raise AnnotationError(f"{path}: no entries")
@@ -111,7 +118,8 @@ def _raw(value: object, where: str, key: str) -> int | str:
     return value.strip() if isinstance(value, str) else value
 
 
-def read_table(path: str | Path, video_key: str = "video", label_key: str = "label") -> list[RawEntry]:
+def read_table(path: str | Path, video_key: str = "video", label_key: str = "label",
+               duplicates: Duplicates = "keep") -> list[RawEntry]:
     """A CSV with a header, a JSON list of objects or a JSONL file -> raw entries (labels not yet resolved)."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -119,6 +127,9 @@ def read_table(path: str | Path, video_key: str = "video", label_key: str = "lab
     if suffix == ".csv":
         lines = _lines(path)
         reader = csv.DictReader(lines)
+        if not reader.fieldnames:
+            raise AnnotationError(f"{path}: empty file (expected a header such as '{video_key},{label_key}' and one "
+                                  "row per video)")
         missing = [k for k in (video_key, label_key) if k not in (reader.fieldnames or [])]
         if missing:
             raise AnnotationError(f"{path}:1: header has no column {missing[0]!r} (columns: {reader.fieldnames})")
@@ -153,12 +164,12 @@ def read_table(path: str | Path, video_key: str = "video", label_key: str = "lab
     else:
         raise AnnotationError(f"{path}: unsupported table format {suffix!r} (use .csv with a header, .json or .jsonl)")
     if not entries:
-        raise AnnotationError(f"{path}: no entries")
-    return entries
+        raise AnnotationError(f"{path}: no entries" + (" (a header but no rows)" if suffix == ".csv" else ""))
+    return drop_or_keep_duplicates(entries, lambda e: (e.video, e.label), str(path), duplicates)
 
 
 def resolve_labels(entries: list[RawEntry], root: str | Path, class_names: list[str] | None,
-                   num_classes: int | None) -> LabelledVideos:
+                   num_classes: int | None, *, allow_absolute_paths: bool = False) -> LabelledVideos:
     """Raw entries -> 0-based labels: names through ``class_names`` (required when any label is a name), indices
     checked against ``num_classes`` (or the number of class names)."""
     lookup = {name: i for i, name in enumerate(class_names)} if class_names else None
@@ -173,7 +184,7 @@ def resolve_labels(entries: list[RawEntry], root: str | Path, class_names: list[
             label = lookup[entry.label]
         else:
             label = _check_label(entry.label, bound, entry.where)
-        out.videos.append(_join(root, entry.video))
+        out.videos.append(_join(root, entry.video, entry.where, allow_absolute_paths))
         out.labels.append(label)
     return out
 
@@ -254,7 +265,8 @@ def read_ssv2_labels(path: str | Path) -> list[str]:
     return _ordered(((_int(str(v)), k) for k, v in data.items()), path)
 
 
-def read_ssv2(split: str | Path, class_names: list[str], root: str | Path, ext: str = ".webm") -> LabelledVideos:
+def read_ssv2(split: str | Path, class_names: list[str], root: str | Path, ext: str = ".webm", *,
+              allow_absolute_paths: bool = False) -> LabelledVideos:
     """An official SSv2 split JSON (records with ``id`` and ``template``) -> videos ``<root>/<id><ext>`` and labels
     ``labels[template with "[" and "]" removed]``."""
     split = Path(split)
@@ -273,12 +285,13 @@ def read_ssv2(split: str | Path, class_names: list[str], root: str | Path, ext: 
         template = str(record["template"]).replace("[", "").replace("]", "")
         if template not in lookup:
             raise AnnotationError(f"{where} (id {record['id']}): template {template!r} is not in the label file")
-        out.videos.append(_join(root, f"{record['id']}{ext}"))
+        out.videos.append(_join(root, f"{record['id']}{ext}", where, allow_absolute_paths))
         out.labels.append(lookup[template])
     return out
 
 
-def read_ucf101(split_dir: str | Path, root: str | Path, split: int, train: bool) -> tuple[LabelledVideos, list[str]]:
+def read_ucf101(split_dir: str | Path, root: str | Path, split: int, train: bool, *,
+                allow_absolute_paths: bool = False) -> tuple[LabelledVideos, list[str]]:
     """UCF101's ``ucfTrainTestlist``: classInd.txt (1-based), ``trainlist0{split}.txt`` (``Class/v_x.avi <1-based
     label>``) or ``testlist0{split}.txt`` (``Class/v_x.avi``; the label is the folder's class)."""
     split_dir = Path(split_dir)
@@ -305,7 +318,7 @@ def read_ucf101(split_dir: str | Path, root: str | Path, split: int, train: bool
             if folder not in lookup:
                 raise AnnotationError(f"{path}:{n}: class folder {folder!r} is not in classInd.txt")
             label = lookup[folder]
-        out.videos.append(_join(root, parts[0]))
+        out.videos.append(_join(root, parts[0], f"{path}:{n}", allow_absolute_paths))
         out.labels.append(label)
     if not out.videos:
         raise AnnotationError(f"{path}: no entries")
@@ -315,7 +328,8 @@ def read_ucf101(split_dir: str | Path, root: str | Path, split: int, train: bool
 HMDB51_FLAGS = {"1": "train", "2": "test", "0": "unused"}
 
 
-def read_hmdb51(split_dir: str | Path, root: str | Path, split: int, train: bool) -> tuple[LabelledVideos, list[str]]:
+def read_hmdb51(split_dir: str | Path, root: str | Path, split: int, train: bool, *,
+                allow_absolute_paths: bool = False) -> tuple[LabelledVideos, list[str]]:
     """HMDB51's ``testTrainMulti_7030_splits``: ``<class>_test_split{split}.txt`` with ``<video> <flag>`` lines (1 train,
     2 test, 0 unused) -> videos ``<root>/<class>/<video>``; classes sorted by name."""
     split_dir = Path(split_dir)
@@ -336,7 +350,7 @@ def read_hmdb51(split_dir: str | Path, root: str | Path, split: int, train: bool
                 raise AnnotationError(f"{path}:{n}: expected '<video> <flag>' with flag 1 (train), 2 (test) or 0 "
                                       f"(unused), got {line!r:.80}")
             if parts[1] == wanted:
-                out.videos.append(_join(root, f"{name}/{parts[0]}"))
+                out.videos.append(_join(root, f"{name}/{parts[0]}", f"{path}:{n}", allow_absolute_paths))
                 out.labels.append(label)
     if not out.videos:
         raise AnnotationError(f"{split_dir}: no {'train' if train else 'test'} videos in split {split}")

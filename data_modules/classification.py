@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .annotations import AnnotationError
+from .annotations import AnnotationError, Duplicates, under_root
 from .class_annotations import (
     LabelledVideos,
     read_class_folders,
@@ -32,8 +33,9 @@ from .class_annotations import (
 )
 from .retrieval import collate_skipping, epoch_length, trained_position
 from .sampling import ResumableDataLoader, ResumableSampler
+from .skips import RecordsSkips
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, VideoTrainTransform, normalize_uint8
-from .video import VideoDecoder
+from .video import OnCorrupt, VideoDecoder
 from .views import ClipProtocol, DenseClips, FrameRule, SegmentClips, resize_short_side, spatial_crop
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,16 @@ class LabelledVideoDataset(Dataset):
 
     def __init__(self, split: LabelledVideos, protocol: ClipProtocol, mode: str, img_size: int,
                  num_clips: int = 1, num_crops: int = 1, train_transform: VideoTrainTransform | None = None,
-                 skip_errors: bool = False, decode_threads: int = 0) -> None:
+                 skip_errors: bool = False, decode_threads: int = 0, on_corrupt: OnCorrupt = "error",
+                 skip_log: str | None = None, allow_images: bool = False) -> None:
         self.split, self.protocol, self.mode, self.img_size = split, protocol, mode, img_size
         self.num_clips, self.num_crops = (num_clips, num_crops) if mode == "test" else (1, 1)
         self.train_transform = train_transform
         self.decoder = VideoDecoder(num_frames=protocol.clip_len, sample=FrameRule(protocol, mode),
-                                    skip_errors=skip_errors, thread_count=decode_threads)
+                                    skip_errors=skip_errors, thread_count=decode_threads, on_corrupt=on_corrupt,
+                                    skip_log=skip_log, allow_images=allow_images,
+                                    # evaluation: the short-side resize, frame by frame as they are decoded
+                                    resize=None if mode == "train" else partial(resize_short_side, size=img_size))
         self._cached: tuple[int, torch.Tensor | None] | None = None
 
     @property
@@ -108,7 +114,7 @@ class LabelledVideoDataset(Dataset):
         return {"video": video, "label": self.split.labels[i], "video_index": i, "view_index": view}
 
 
-class VideoClassificationDataModule(pl.LightningDataModule):
+class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
     """Any labelled-video set, with VideoMAE's evaluation views.
 
     Args:
@@ -118,6 +124,8 @@ class VideoClassificationDataModule(pl.LightningDataModule):
         video_root: the folder annotation paths are relative to (class folders hold their own paths).
         class_names: a class-names file or a list; required when labels are class names unless the sorted names
             found in the annotations are wanted (which is what folders give).
+        data_root: when set, relative test / val / train / video_root / class_names paths are taken under it (an
+            absolute path as it is) and an empty video_root is data_root itself.
         num_classes: with integer labels and no names (default: the largest label + 1 over the splits).
         list_format: "auto" (by suffix / content), "list", "table" or "folder".
         video_key / label_key: the columns (or keys) of a table.
@@ -129,6 +137,13 @@ class VideoClassificationDataModule(pl.LightningDataModule):
         img_size: the short side and the crop size (VideoMAE: 224).
         batch_size / eval_batch_size (views per batch) / num_workers / decode_threads (FFmpeg threads per decode).
         skip_errors: log and drop unreadable videos; the task then scores the videos that remain.
+        on_corrupt: a damaged video: "error" (default, one line naming the file) or "keep_decoded" (sample from the
+            frames that did decode; a warning names the file).
+        allow_absolute_paths: read annotation paths outside video_root (absolute, or climbing out with ".."); by
+            default such a path is refused, naming the annotation file and the line / entry.
+        duplicates: exact duplicate rows of a list or table are logged with their count and kept ("keep", the
+            default: the files are read as they are) or dropped ("drop").
+        allow_images: read a still image (PNG, JPEG, ...) listed as a video as a one-frame video (refused by default).
         seed: training order and per-clip randomness (frames, crop, flip) derive from (seed, epoch, index).
         train_crop_scale / train_flip_p: RandomResizedCrop area range and flip probability of training clips
             (VideoMAE: (0.08, 1) and 0.5, no flip for SSv2). RandAugment and random erasing are not applied.
@@ -162,8 +177,18 @@ class VideoClassificationDataModule(pl.LightningDataModule):
         seed: int = 0,
         train_crop_scale: tuple[float, float] = (0.08, 1.0),
         train_flip_p: float = 0.5,
+        data_root: str | None = None,
+        on_corrupt: OnCorrupt = "error",
+        allow_absolute_paths: bool = False,
+        duplicates: Duplicates = "keep",
+        allow_images: bool = False,
     ) -> None:
         super().__init__()
+        if data_root is not None:  # the files of a dataset folder: relative paths are taken under it
+            test, val, train = (under_root(data_root, p) for p in (test, val, train))
+            video_root = under_root(data_root, video_root) if video_root else str(data_root)
+            if isinstance(class_names, str):
+                class_names = under_root(data_root, class_names)
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         if protocol not in ("dense", "segment"):
             raise ValueError(f"protocol must be 'dense' or 'segment', got {protocol!r}")
@@ -194,9 +219,12 @@ class VideoClassificationDataModule(pl.LightningDataModule):
         kind = self._format(spec)
         if kind == "folder":
             return read_class_folders(spec, names)[0]
+        h = self.hparams
         if kind == "list":
-            return read_space_list(spec, self.hparams.video_root, self._bound(names))
-        return resolve_labels(self._table(spec), self.hparams.video_root, names, self._bound(names))
+            return read_space_list(spec, h.video_root, self._bound(names), allow_absolute_paths=h.allow_absolute_paths,
+                                   duplicates=h.duplicates)
+        return resolve_labels(self._table(spec), h.video_root, names, self._bound(names),
+                              allow_absolute_paths=h.allow_absolute_paths)
 
     def read_class_names(self) -> list[str] | None:
         """Class names in label order, or None when labels are plain indices without names."""
@@ -236,7 +264,8 @@ class VideoClassificationDataModule(pl.LightningDataModule):
 
     def _table(self, spec: str) -> list:
         if spec not in self._tables:
-            self._tables[spec] = read_table(spec, self.hparams.video_key, self.hparams.label_key)
+            self._tables[spec] = read_table(spec, self.hparams.video_key, self.hparams.label_key,
+                                            duplicates=self.hparams.duplicates)
         return self._tables[spec]
 
     def _bound(self, names: list[str] | None) -> int | None:
@@ -328,7 +357,8 @@ class VideoClassificationDataModule(pl.LightningDataModule):
         """The dataset of a stage: "test" (multi-view), "validate" (single view or the test views), "fit"."""
         key = _stage(stage)
         h = self.hparams
-        common = {"img_size": h.img_size, "skip_errors": h.skip_errors, "decode_threads": h.decode_threads}
+        common = {"img_size": h.img_size, "skip_errors": h.skip_errors, "decode_threads": h.decode_threads,
+                  "on_corrupt": h.on_corrupt, "skip_log": self.skip_log_path(), "allow_images": h.allow_images}
         if key == "fit":
             transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
             return LabelledVideoDataset(self.split(key), self.protocol, "train", train_transform=transform, **common)
@@ -372,11 +402,12 @@ class VideoClassificationDataModule(pl.LightningDataModule):
 class KineticsDataModule(VideoClassificationDataModule):
     """Kinetics-400 / 600 / 700 with VideoMAE's lists: ``<data_root>/{train,val,test}.csv`` holding ``<path> <label>``
     lines (space-separated, no header; label = index in the alphabetical class list), paths relative to
-    ``<data_root>/<video_dir>`` (or absolute). K400 protocol: 16 frames 4 apart, 5 clips x 3 crops.
+    ``<data_root>/<video_dir>`` (absolute ones with ``allow_absolute_paths: true``). K400 protocol: 16 frames 4 apart, 5 clips x 3 crops.
 
     Args: data_root; variant (400 / 600 / 700, the number of classes); train_list / val_list / test_list (names
-        under data_root, or paths); video_dir; class_names (optional names file, e.g. ViFi-CLIP's id,name csv);
-        everything else as VideoClassificationDataModule.
+        under data_root, or absolute paths); video_dir; class_names (optional names file under data_root, e.g.
+        ViFi-CLIP's labels/kinetics_400_labels.csv, id,name; or an absolute path, or a list); everything else as
+        VideoClassificationDataModule.
     """
 
     def __init__(self, data_root: str, variant: int = 400, train_list: str = "train.csv", val_list: str = "val.csv",
@@ -386,6 +417,8 @@ class KineticsDataModule(VideoClassificationDataModule):
             raise ValueError(f"Kinetics variant must be 400, 600 or 700, got {variant}")
         root = Path(data_root)
         kwargs = {"protocol": "dense", "num_frames": 16, "sampling_rate": 4, "test_clips": 5, "test_crops": 3, **kwargs}
+        if isinstance(class_names, str):
+            class_names = under_root(root, class_names)
         super().__init__(test=str(root / test_list), val=str(root / val_list), train=str(root / train_list),
                          video_root=str(root / video_dir), class_names=class_names, num_classes=variant,
                          list_format="list", **kwargs)
@@ -393,7 +426,9 @@ class KineticsDataModule(VideoClassificationDataModule):
         self.title = f"Kinetics-{variant}"
 
     def read_split(self, stage: str) -> LabelledVideos:
-        return read_space_list(self.annotation(stage), self.hparams.video_root, self.variant)
+        h = self.hparams
+        return read_space_list(self.annotation(stage), h.video_root, self.variant,
+                               allow_absolute_paths=h.allow_absolute_paths, duplicates=h.duplicates)
 
     def read_class_names(self) -> list[str] | None:
         names = super().read_class_names() if self.hparams.class_names else None
@@ -434,7 +469,8 @@ class SSv2DataModule(VideoClassificationDataModule):
         return read_ssv2_labels(path)
 
     def read_split(self, stage: str) -> LabelledVideos:
-        return read_ssv2(self.annotation(stage), self.class_names, self.hparams.video_root, self.video_ext)
+        return read_ssv2(self.annotation(stage), self.class_names, self.hparams.video_root, self.video_ext,
+                         allow_absolute_paths=self.hparams.allow_absolute_paths)
 
     def describe_source(self) -> str:
         return ("SSv2: put the official labels/ folder (something-something-v2-labels.json, -train.json, "
@@ -442,7 +478,11 @@ class SSv2DataModule(VideoClassificationDataModule):
 
 
 class _OfficialSplits(VideoClassificationDataModule):
-    """UCF101 / HMDB51: official split files (split 1, 2 or 3); validation = test split (there is no other)."""
+    """UCF101 / HMDB51: official split files (split 1, 2 or 3); validation = test split (there is no other).
+
+    class_names (optional): other names for the official classes, in their order (e.g. ViFi-CLIP's
+    labels/ucf_101_labels.csv with spaced names, for zero-shot prompts): a file under data_root (or an absolute
+    path) or a list; the labels still come from the split files."""
 
     reader = staticmethod(read_ucf101)
 
@@ -453,12 +493,26 @@ class _OfficialSplits(VideoClassificationDataModule):
         self.split_dir, self.split_number = root / split_dir, split
         marker = str(self.split_dir)  # annotation() names the folder; the split files are read from it
         super().__init__(test=marker, val=marker, train=marker, video_root=str(root / video_dir), **kwargs)
+        if isinstance(self.hparams.class_names, str):  # (not by editing kwargs: jsonargparse reads this call)
+            self.hparams.class_names = under_root(root, self.hparams.class_names)
 
     def read_split(self, stage: str) -> LabelledVideos:
-        return self.reader(self.split_dir, self.hparams.video_root, self.split_number, _stage(stage) == "fit")[0]
+        return self.reader(self.split_dir, self.hparams.video_root, self.split_number, _stage(stage) == "fit",
+                           allow_absolute_paths=self.hparams.allow_absolute_paths)[0]
 
     def read_class_names(self) -> list[str]:
-        return self.reader(self.split_dir, self.hparams.video_root, self.split_number, False)[1]
+        official = self.reader(self.split_dir, self.hparams.video_root, self.split_number, False,
+                               allow_absolute_paths=self.hparams.allow_absolute_paths)[1]
+        given = self.hparams.class_names
+        if given is None:
+            return official
+        if isinstance(given, str) and not Path(given).is_file():
+            raise FileNotFoundError(f"{self.title} class_names file not found: {given} ({self.describe_source()})")
+        names = super().read_class_names()
+        if len(names) != len(official):
+            raise AnnotationError(f"{given if isinstance(given, str) else 'class_names'}: {len(names)} class names "
+                                  f"but the {self.title} split files have {len(official)} classes")
+        return names
 
     def _format(self, spec: str) -> str:
         return "official"

@@ -15,6 +15,15 @@ Which evidence is trusted (measured on ``shared/reference/videos`` and truncated
   ``DURATION`` tag) ends with its last frame (exact on every reference and synthetic clip), so the packets must
   reach it within ``TRACK_SLACK_FRAMES`` frames + ``TRACK_SLACK_FRACTION``; the container's duration may include
   a longer audio track, so there they must only reach ``min_coverage`` of it.
+- **Matroska / WebM**: the segment's duration is the end of its longest track, written by the muxer, so the end of
+  all tracks' packets (audio included) must reach it within the same slack as a track duration (a WebM cut to 95 %
+  has no per-track ``DURATION`` tag when the muxer writes the tags at the end, and ``min_coverage`` would pass it).
+  Where packets carry durations (a default frame duration, as every constant-rate Matroska file has), the next
+  packet must start where the previous one ended: a damaged cluster makes the demuxer resynchronise further on and
+  silently drop the frames between (a byte-flipped WebM: 23 of 557 frames, a 1.6 s hole). Variable-frame-rate
+  files carry a nominal frame duration with frames further apart, so a gap is damage when it spans more than
+  ``HOLE_MIN_SPACINGS`` typical frame spacings and either ends at a key frame (the demuxer resumes at the next
+  cluster, which starts with one) or is longer than ``HOLE_MIN_S``.
 - **GIF**: no index, no declared count or duration (FFmpeg derives both by scanning the same, possibly cut,
   file): the file must end with a block terminator and the mandatory trailer, ``00 3B``.
 
@@ -32,6 +41,8 @@ __all__ = ["StreamEvidence", "damage_report", "has_gif_trailer"]
 
 TRACK_SLACK_FRAMES = 1  # a last packet without a duration ends one frame early
 TRACK_SLACK_FRACTION = 0.01
+HOLE_MIN_S = 0.5  # shorter gaps are variable frame rate (a nominal default duration, frames further apart) ...
+HOLE_MIN_SPACINGS = 4  # ... as are gaps of a few typical frame spacings
 GIF_END = b"\x00\x3b"  # the last block's terminator, then the trailer
 
 
@@ -53,6 +64,11 @@ class StreamEvidence:
         flagged: packets / frames FFmpeg flagged as corrupt.
         covered: seconds spanned by the packets' timestamps (None: no timestamps).
         gif_trailer: whether a GIF ends with its trailer (None for other formats).
+        all_tracks_end: seconds spanned by the packets of all tracks (Matroska / WebM only; None otherwise).
+        hole: seconds of the largest gap between one video packet's end and the next packet (0.0: none seen).
+        hole_at: where that gap starts, in seconds.
+        key_hole / key_hole_at: the same for the largest gap that ends at a key frame.
+        spacing: the median spacing of consecutive video packets, in seconds (0.0: not measured).
     """
 
     file_size: int
@@ -68,6 +84,12 @@ class StreamEvidence:
     flagged: int
     covered: float | None
     gif_trailer: bool | None = None
+    all_tracks_end: float | None = None
+    hole: float = 0.0
+    hole_at: float = 0.0
+    key_hole: float = 0.0
+    key_hole_at: float = 0.0
+    spacing: float = 0.0
 
 
 def damage_report(ev: StreamEvidence, min_coverage: float) -> str | None:
@@ -107,11 +129,29 @@ def damage_report(ev: StreamEvidence, min_coverage: float) -> str | None:
                     f"the video track ends at {ev.covered:.2f} s but declares {ev.track_duration:.2f} s "
                     "(truncated file?)"
                 )
+        elif ev.all_tracks_end is not None and ev.container_duration > 0:  # Matroska / WebM: the segment duration
+            frame = 1.0 / ev.fps if ev.fps > 0 else 0.0
+            slack = TRACK_SLACK_FRAMES * frame + TRACK_SLACK_FRACTION * ev.container_duration
+            if ev.all_tracks_end < ev.container_duration - slack:
+                problems.append(
+                    f"the tracks end at {ev.all_tracks_end:.2f} s but the container declares "
+                    f"{ev.container_duration:.2f} s (truncated file?)"
+                )
         elif ev.container_duration > 0 and ev.covered < min_coverage * ev.container_duration:
             problems.append(
                 f"the video track ends at {ev.covered:.2f} s but the container declares {ev.container_duration:.2f} s "
                 "(truncated file?)"
             )
+    hole = None
+    if ev.hole > HOLE_MIN_S and ev.hole > HOLE_MIN_SPACINGS * ev.spacing:
+        hole = (ev.hole, ev.hole_at)
+    elif ev.key_hole > HOLE_MIN_SPACINGS * ev.spacing > 0:
+        hole = (ev.key_hole, ev.key_hole_at)
+    if hole is not None:
+        problems.append(
+            f"the packet timeline has a hole of {hole[0]:.2f} s at {hole[1]:.2f} s (frames lost where the demuxer "
+            "skipped damaged data)"
+        )
     if ev.gif_trailer is False:
         problems.append(f"the GIF does not end with its trailer (00 3B) after {ev.packets} frames (truncated file)")
     return "; ".join(problems) if problems else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ from torch.utils.data import DataLoader
 from vidtldr_pl.backbones.umt.qa import answer_texts
 from vidtldr_pl.text import BertWordPieceTokenizer, clean_caption
 
-from .annotations import AnnotationError
+from .annotations import AnnotationError, under_root, video_path
 from .retrieval import RetrievalVideoDataset, epoch_length, trained_position
 from .sampling import ResumableDataLoader, ResumableSampler
-from .transforms import VideoTestTransform, VideoTrainTransform
-from .video import VideoDecoder
+from .skips import RecordsSkips
+from .transforms import VideoTestTransform, VideoTrainTransform, resize_uint8
+from .video import OnCorrupt, VideoDecoder
 
 
 def _read_json_list(path: str | Path) -> list:
@@ -85,11 +87,19 @@ def answer_weights(answer: str | list[str]) -> tuple[list[str], list[float]]:
     return list(counts), [c / len(answers) for c in counts.values()]
 
 
+def video_paths(anns: list[dict], video_root: str, where: str = "", allow_absolute_paths: bool = False) -> list[str]:
+    """The entries' ``video`` under ``video_root``; a path outside it is refused (AnnotationError naming ``where``
+    and the entry) unless ``allow_absolute_paths``."""
+    return [video_path(video_root, a["video"], f"{where or 'annotation'}: entry {i}", allow_absolute_paths)
+            for i, a in enumerate(anns)]
+
+
 class QADataset(RetrievalVideoDataset):
     """Question i: {"video", "question" (cleaned), "index", "answers", "weights"} (None when its video is skipped)."""
 
-    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform, train: bool) -> None:
-        super().__init__([str(Path(video_root) / a["video"]) for a in anns], decoder, transform, train)
+    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform, train: bool,
+                 allow_absolute_paths: bool = False, where: str = "") -> None:
+        super().__init__(video_paths(anns, video_root, where, allow_absolute_paths), decoder, transform, train)
         self.anns = anns
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
@@ -102,7 +112,7 @@ class QADataset(RetrievalVideoDataset):
                 "answers": answers, "weights": weights}
 
 
-class VideoQADataModule(pl.LightningDataModule):
+class VideoQADataModule(RecordsSkips, pl.LightningDataModule):
     """Any video QA set in the UMT / VINDLU JSON layout.
 
     Args:
@@ -112,8 +122,8 @@ class VideoQADataModule(pl.LightningDataModule):
             bert-large-uncased). tokenizer_flavor: "umt" (official) or "hf".
         max_q_len / max_a_len: question / answer tokens (official 25 / 5).
         num_frames / img_size / sample_test / sample_train: official 12, 224, "middle", "rand".
-        batch_size / eval_batch_size / num_workers / skip_errors / seed / train_crop_scale / train_flip_p: as the
-            retrieval DataModule.
+        batch_size / eval_batch_size / num_workers / skip_errors / seed / train_crop_scale / train_flip_p /
+            on_corrupt / allow_absolute_paths / allow_images: as the retrieval DataModule.
     """
 
     def __init__(
@@ -138,6 +148,9 @@ class VideoQADataModule(pl.LightningDataModule):
         seed: int = 0,
         train_crop_scale: tuple[float, float] = (0.5, 1.0),
         train_flip_p: float = 0.5,
+        on_corrupt: OnCorrupt = "error",
+        allow_absolute_paths: bool = False,
+        allow_images: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -167,6 +180,9 @@ class VideoQADataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("test",), "predict": ("test",)}[stage]
         self.check_paths(stages)
+        for s in stages:  # malformed entries and paths outside video_root: one line now, before any decoding
+            if self._annotation(s) is not None:
+                self._dataset_paths(s)
 
     @property
     def tokenizer(self) -> BertWordPieceTokenizer:
@@ -174,6 +190,10 @@ class VideoQADataModule(pl.LightningDataModule):
             self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer,
                                                                      flavor=self.hparams.tokenizer_flavor)
         return self._tokenizer
+
+    def _dataset_paths(self, stage: str) -> list[str]:
+        h = self.hparams
+        return video_paths(self.annotations(stage), h.video_root, str(self._annotation(stage)), h.allow_absolute_paths)
 
     def annotations(self, stage: str) -> list[dict]:
         key = "validate" if stage in ("validate", "val") else stage
@@ -220,11 +240,13 @@ class VideoQADataModule(pl.LightningDataModule):
     def _decoder(self, train: bool) -> VideoDecoder:
         h = self.hparams
         return VideoDecoder(num_frames=h.num_frames, sample=h.sample_train if train else h.sample_test,
-                            skip_errors=h.skip_errors)
+                            skip_errors=h.skip_errors, on_corrupt=h.on_corrupt, skip_log=self.skip_log_path(),
+                            allow_images=h.allow_images, resize=None if train else partial(resize_uint8, size=h.img_size))
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        dataset = QADataset(self.annotations(stage), self.hparams.video_root, self._decoder(False),
-                            VideoTestTransform(self.hparams.img_size), train=False)
+        h = self.hparams
+        dataset = QADataset(self.annotations(stage), h.video_root, self._decoder(False), VideoTestTransform(h.img_size),
+                            train=False, allow_absolute_paths=h.allow_absolute_paths, where=str(self._annotation(stage)))
         return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers,
                           collate_fn=self.collate)
 
@@ -238,7 +260,8 @@ class VideoQADataModule(pl.LightningDataModule):
         """Shuffled questions; order and per-sample randomness fixed by (seed, epoch, index) (exact resume)."""
         h = self.hparams
         transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
-        dataset = QADataset(self.annotations("fit"), h.video_root, self._decoder(True), transform, train=True)
+        dataset = QADataset(self.annotations("fit"), h.video_root, self._decoder(True), transform, train=True,
+                            allow_absolute_paths=h.allow_absolute_paths, where=str(self._annotation("fit")))
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=h.seed, drop_last=True)
@@ -266,7 +289,8 @@ QA_PRESETS = {
 class PresetQADataModule(VideoQADataModule):
     """A QA benchmark in the UMT layout: <data_root>/<anno_dir>/<stem>.json and videos under <data_root>/<video_dir>.
 
-    Args: data_root, anno_dir, video_dir; explicit file arguments override the preset; **kwargs as VideoQADataModule.
+    Args: data_root, anno_dir, video_dir; explicit file arguments override the preset (a relative path is taken
+    under data_root, an absolute one as it is); **kwargs as VideoQADataModule.
     """
 
     preset = "msrvtt_qa"
@@ -278,12 +302,16 @@ class PresetQADataModule(VideoQADataModule):
                  **kwargs: Any) -> None:
         test, val, train, answers = QA_PRESETS[self.preset]
         anno = Path(data_root) / anno_dir
+
+        def given(path: str | None) -> str | None:
+            return under_root(data_root, path)
+
         super().__init__(
-            test_annotation=test_annotation or str(anno / f"{test}.json"),
-            val_annotation=val_annotation or (str(anno / f"{val}.json") if val else None),
-            train_annotation=train_annotation or str(anno / f"{train}.json"),
-            answer_list=answer_list or str(anno / f"{answers}.json"),
-            video_root=video_root or str(Path(data_root) / video_dir), **kwargs)
+            test_annotation=given(test_annotation) or str(anno / f"{test}.json"),
+            val_annotation=given(val_annotation) or (str(anno / f"{val}.json") if val else None),
+            train_annotation=given(train_annotation) or str(anno / f"{train}.json"),
+            answer_list=given(answer_list) or str(anno / f"{answers}.json"),
+            video_root=given(video_root) or str(Path(data_root) / video_dir), **kwargs)
 
     def describe_source(self) -> str:
         test, _, _, answers = QA_PRESETS[self.preset]
@@ -321,8 +349,9 @@ def read_mc_annotations(path: str | Path, num_options: int = 5) -> list[dict[str
 
 
 class MCDataset(RetrievalVideoDataset):
-    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform) -> None:
-        super().__init__([str(Path(video_root) / a["video"]) for a in anns], decoder, transform, False)
+    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform,
+                 allow_absolute_paths: bool = False, where: str = "") -> None:
+        super().__init__(video_paths(anns, video_root, where, allow_absolute_paths), decoder, transform, False)
         self.anns = anns
 
     def __getitem__(self, i: int) -> dict | None:
@@ -333,17 +362,19 @@ class MCDataset(RetrievalVideoDataset):
                 "answer": self.anns[i]["answer"]}
 
 
-class MultipleChoiceDataModule(pl.LightningDataModule):
+class MultipleChoiceDataModule(RecordsSkips, pl.LightningDataModule):
     """Video multiple choice (MSRVTT-MC layout): evaluation only.
 
     Args: test_annotation (MC JSON), video_root, tokenizer / tokenizer_flavor, max_txt_len (official 32),
-    num_options (5), num_frames / img_size / sample_test, eval_batch_size, num_workers, skip_errors.
+    num_options (5), num_frames / img_size / sample_test, eval_batch_size, num_workers, skip_errors, on_corrupt,
+    allow_absolute_paths, allow_images (as the retrieval DataModule).
     """
 
     def __init__(self, test_annotation: str, video_root: str, tokenizer: str = "bert-base-uncased",
                  tokenizer_flavor: str = "umt", max_txt_len: int = 32, num_options: int = 5, num_frames: int = 12,
                  img_size: int = 224, sample_test: str = "middle", eval_batch_size: int = 32, num_workers: int = 4,
-                 skip_errors: bool = False) -> None:
+                 skip_errors: bool = False, on_corrupt: OnCorrupt = "error", allow_absolute_paths: bool = False,
+                 allow_images: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
         self._anns: list[dict] | None = None
@@ -358,6 +389,7 @@ class MultipleChoiceDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"video root not found: {h.video_root} ({self.describe_source()})")
         if not Path(h.test_annotation).is_file():
             raise FileNotFoundError(f"annotation file not found: {h.test_annotation} ({self.describe_source()})")
+        video_paths(self.eval_annotations(), h.video_root, str(h.test_annotation), h.allow_absolute_paths)
 
     @property
     def tokenizer(self) -> BertWordPieceTokenizer:
@@ -386,8 +418,10 @@ class MultipleChoiceDataModule(pl.LightningDataModule):
     def _loader(self) -> DataLoader:
         h = self.hparams
         dataset = MCDataset(self.eval_annotations(), h.video_root,
-                            VideoDecoder(num_frames=h.num_frames, sample=h.sample_test, skip_errors=h.skip_errors),
-                            VideoTestTransform(h.img_size))
+                            VideoDecoder(num_frames=h.num_frames, sample=h.sample_test, skip_errors=h.skip_errors,
+                                         on_corrupt=h.on_corrupt, skip_log=self.skip_log_path(),
+                                         allow_images=h.allow_images, resize=partial(resize_uint8, size=h.img_size)),
+                            VideoTestTransform(h.img_size), h.allow_absolute_paths, str(h.test_annotation))
         return DataLoader(dataset, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:
@@ -402,8 +436,9 @@ class MSRVTTMCDataModule(MultipleChoiceDataModule):
 
     def __init__(self, data_root: str, anno_dir: str = "anno_downstream", video_dir: str = "videos",
                  test_annotation: str | None = None, video_root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(test_annotation=test_annotation or str(Path(data_root) / anno_dir / "msrvtt_mc_test.json"),
-                         video_root=video_root or str(Path(data_root) / video_dir), **kwargs)
+        super().__init__(test_annotation=under_root(data_root, test_annotation)
+                         or str(Path(data_root) / anno_dir / "msrvtt_mc_test.json"),
+                         video_root=under_root(data_root, video_root) or str(Path(data_root) / video_dir), **kwargs)
 
     def describe_source(self) -> str:
         return ("MSRVTT-MC: put the videos under <data_root>/videos and msrvtt_mc_test.json (UMT / VINDLU release) "

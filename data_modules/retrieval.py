@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,11 +17,12 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from vidtldr_pl.text import BertWordPieceTokenizer
 
-from .annotations import RetrievalIndex, build_index, read_annotations
+from .annotations import Duplicates, RetrievalIndex, build_index, read_annotations, under_root
 from .generated import GeneratedOnFirstUse, stage_splits
 from .sampling import ResumableDataLoader, ResumableSampler
-from .transforms import VideoTestTransform, VideoTrainTransform
-from .video import VideoDecoder
+from .skips import RecordsSkips
+from .transforms import VideoTestTransform, VideoTrainTransform, resize_uint8
+from .video import OnCorrupt, VideoDecoder
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def collate_skipping(batch: list[dict | None]) -> dict | None:
     return default_collate(kept) if kept else None
 
 
-class VideoTextRetrievalDataModule(pl.LightningDataModule):
+class VideoTextRetrievalDataModule(RecordsSkips, pl.LightningDataModule):
     """Any video-text retrieval set: an annotation file (JSON / JSONL / CSV / parquet / hf://name) + a video root.
 
     Args:
@@ -92,6 +94,13 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         has_multi_vision_gt: one caption matches several videos (SSv2). trimmed30: first 30 s only (DiDeMo).
         sample_test / sample_train: frame sampling ("middle" / "rand", as official).
         skip_errors: log and drop unreadable videos instead of failing (the default is to fail, naming the file).
+        on_corrupt: a damaged video (frames lost, file cut short): "error" (default, one line naming the file) or
+            "keep_decoded" (sample from the frames that did decode; a warning names the file).
+        allow_absolute_paths: read annotation video paths outside video_root (absolute, or climbing out with "..");
+            by default such a path is refused, naming the annotation file and the entry.
+        duplicates: exact duplicate annotation rows are logged with their count and kept ("keep", the default: the
+            official files are read as they are) or dropped ("drop").
+        allow_images: read a still image (PNG, JPEG, ...) listed as a video as a one-frame video (refused by default).
         seed: training order and per-sample randomness (frames, crop, flip) derive from (seed, epoch, index).
         train_crop_scale / train_flip_p: RandomResizedCrop area range and horizontal-flip probability of training
             clips (official (0.5, 1) and 0.5; turn the flip off when captions say "left" / "right").
@@ -122,6 +131,10 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
         seed: int = 0,
         train_crop_scale: tuple[float, float] = (0.5, 1.0),
         train_flip_p: float = 0.5,
+        on_corrupt: OnCorrupt = "error",
+        allow_absolute_paths: bool = False,
+        duplicates: Duplicates = "keep",
+        allow_images: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -164,8 +177,9 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
             if ann is None:
                 raise ValueError(f"no annotation file configured for stage {key!r}")
             h = self.hparams
-            entries = read_annotations(ann, h.video_key, h.caption_key)
-            self.indices[key] = build_index(entries, h.video_root, h.paragraph, h.has_multi_vision_gt)
+            entries = read_annotations(ann, h.video_key, h.caption_key, duplicates=h.duplicates)
+            self.indices[key] = build_index(entries, h.video_root, h.paragraph, h.has_multi_vision_gt,
+                                            allow_absolute_paths=h.allow_absolute_paths)
         return self.indices[key]
 
     def setup(self, stage: str) -> None:
@@ -215,7 +229,10 @@ class VideoTextRetrievalDataModule(pl.LightningDataModule):
     def _decoder(self, train: bool) -> VideoDecoder:
         h = self.hparams
         return VideoDecoder(num_frames=h.num_frames, sample=h.sample_train if train else h.sample_test,
-                            trimmed30=h.trimmed30, skip_errors=h.skip_errors)
+                            trimmed30=h.trimmed30, skip_errors=h.skip_errors, on_corrupt=h.on_corrupt,
+                            skip_log=self.skip_log_path(), allow_images=h.allow_images,
+                            # evaluation: the test transform's resize, frame by frame as they are decoded
+                            resize=None if train else partial(resize_uint8, size=h.img_size))
 
     def _eval_loader(self, stage: str) -> DataLoader:
         dataset = RetrievalVideoDataset(self.index(stage).videos, self._decoder(False), VideoTestTransform(self.hparams.img_size))
@@ -293,6 +310,8 @@ class PresetRetrievalDataModule(VideoTextRetrievalDataModule):
 
     Args:
         data_root: the dataset folder. anno_dir / video_dir: sub-folders. max_txt_len: None = the official value.
+        test_annotation / train_annotation / video_root: override the preset's files; a relative path is taken
+            under data_root (an absolute one as it is).
         **kwargs: any argument of VideoTextRetrievalDataModule (batch_size, num_frames, tokenizer, ...).
     """
 
@@ -313,9 +332,9 @@ class PresetRetrievalDataModule(VideoTextRetrievalDataModule):
         test_stem, train_stem, max_len, paragraph, multi_vision, trimmed = PRESETS[self.preset]
         root = Path(data_root)
         super().__init__(
-            test_annotation=test_annotation or str(root / anno_dir / f"{test_stem}.json"),
-            train_annotation=train_annotation or str(root / anno_dir / f"{train_stem}.json"),
-            video_root=video_root or str(root / video_dir),
+            test_annotation=under_root(root, test_annotation) or str(root / anno_dir / f"{test_stem}.json"),
+            train_annotation=under_root(root, train_annotation) or str(root / anno_dir / f"{train_stem}.json"),
+            video_root=under_root(root, video_root) or str(root / video_dir),
             max_txt_len=max_txt_len or max_len,
             paragraph=paragraph,
             has_multi_vision_gt=multi_vision,

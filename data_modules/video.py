@@ -36,7 +36,9 @@ Design decisions
   raising), (4) the file ends early: fewer packets than its container index lists (or an index pointing
   past the end of the file), fewer than its stream header declares when no index covers those frames,
   a packet timeline short of the video track's declared duration (by more than a frame + 1 %) or of
-  ``min_coverage`` of the container's duration, a GIF without its trailer. A
+  ``min_coverage`` of the container's duration (Matroska / WebM: all tracks must reach the segment's duration
+  within a frame + 1 %), a GIF without its trailer; (5) a Matroska / WebM packet timeline with a hole (the demuxer
+  resynchronised past damaged data and dropped the frames between). A
   truncated AVI / MKV / WebM / faststart MP4 / GIF just stops early without any FFmpeg error; which
   evidence is trusted, and why not the bit rate, is in :mod:`vidtldr_pl.data_modules.damage`. (An MP4 whose ``moov``
   index is at the end cannot be opened at all when truncated.) Bit errors that the decoder conceals
@@ -63,6 +65,13 @@ Design decisions
 * **DiDeMo ``trimmed30``**: as the official code, ``duration = vlen / fps``; if it is > 30 s only
   ``vlen = int(30 * fps)`` frames are sampled from. Decoding stops as soon as more than 30 s worth of
   frames have been decoded (the rest of the file is then not inspected for damage).
+* **Media edges.** A still image (PNG, JPEG, ... even when named ``.mp4``) is refused unless ``allow_images``
+  (then it is a one-frame video); GIFs are videos. A file that asks for a display rotation (a phone video's display
+  matrix) is read as stored, as the official decord pipeline reads it, and logged once per file and process.
+  ``resize`` (what the evaluation DataModules pass: their transform's per-frame resize) shrinks each sampled frame
+  as soon as it is converted, so memory does not grow with the source resolution (BENCHMARKS.md, "Decoding memory").
+* **Deterministic messages**: a damaged file is decoded again on one thread before its error (or its
+  ``keep_decoded`` warning) is written, so the counts in the message do not depend on thread timing.
 * **No open handles between calls**: every call opens and closes its own container, so the functions
   and :class:`VideoDecoder` are safe in DataLoader workers (fork or spawn) and picklable.
 
@@ -112,6 +121,9 @@ RandomSource = Union[random.Random, np.random.Generator, np.random.RandomState, 
 
 #: Appended to the errors of :func:`load_clip_or_skip` / :class:`VideoDecoder` (the option of the datamodules too).
 SKIP_HINT = "(fix or remove the file, or set skip_errors to log and skip such files)"
+#: How a damaged video's error names the way out: the DataModules' ``on_corrupt`` option, as a CLI user types it.
+KEEP_DECODED_HINT = ("To sample from the frames that decoded, set on_corrupt: keep_decoded "
+                     "(--data.init_args.on_corrupt=keep_decoded)")
 
 _FFMPEG_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError, EOFError)
 
@@ -296,7 +308,7 @@ class VideoClip:
 class _ScanResult:
     num_decoded: int
     fps: float
-    kept: dict[int, np.ndarray] = field(default_factory=dict)
+    kept: dict[int, torch.Tensor] = field(default_factory=dict)
     buffer: list[av.VideoFrame] | None = None
     damage: str | None = None
     stopped_early: bool = False
@@ -380,6 +392,59 @@ def _index_summary(stream: av.video.stream.VideoStream, fps: float) -> tuple[int
     return count, end, float((last_ts - (stream.start_time or 0)) * stream.time_base) + 1.0 / fps
 
 
+def _holes(spans: list[tuple[int, int, bool]], start: int, time_base: float) -> dict[str, float]:
+    """Gaps between a packet's end (pts + duration) and the next packet's pts, in pts order, where packets carry a
+    duration (without one, variable frame rate cannot be told from a hole): the largest (``hole``, ``hole_at``), the
+    largest before a key frame (``key_hole``, ``key_hole_at``: where a Matroska demuxer resumes after damage, at the
+    next cluster), in seconds; and the median spacing of consecutive packets (``spacing``)."""
+    ordered = sorted(spans)
+    best = {"hole": (0, 0), "key_hole": (0, 0)}
+    for (pts, duration, _), (next_pts, _, key) in zip(ordered, ordered[1:]):
+        gap = next_pts - (pts + duration)
+        if duration <= 0 or gap <= 0:
+            continue
+        if gap > best["hole"][0]:
+            best["hole"] = (gap, pts + duration)
+        if key and gap > best["key_hole"][0]:
+            best["key_hole"] = (gap, pts + duration)
+    steps = sorted(b[0] - a[0] for a, b in zip(ordered, ordered[1:]))
+    out = {"spacing": (steps[len(steps) // 2] if steps else 0) * time_base}
+    for name, (gap, at) in best.items():
+        out[name], out[f"{name}_at"] = gap * time_base, (at - start) * time_base
+    return out
+
+
+#: Demuxers FFmpeg picks for a single picture (a PNG / JPEG / WebP ... renamed .mp4); GIF is read as a video.
+_IMAGE_FORMATS = ("image2", "image2pipe")
+_ROTATION_REPORTED: set[str] = set()  # files whose rotation was logged in this process
+
+FrameResize = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _still_image(container: av.container.InputContainer) -> str | None:
+    """The picture format when the container is a still image (``png_pipe``, ``jpeg_pipe``, ``image2``, ...)."""
+    name = container.format.name
+    return name.removesuffix("_pipe") if name.endswith("_pipe") or name in _IMAGE_FORMATS else None
+
+
+def _report_rotation(path: str, frame: av.VideoFrame) -> None:
+    """Log, once per file and process, that the file asks for a rotation the frames are not given."""
+    angle = int(getattr(frame, "rotation", 0) or 0)
+    if angle and path not in _ROTATION_REPORTED:
+        _ROTATION_REPORTED.add(path)
+        logger.warning("%s: the file asks for a %d degree rotation on display; its frames are read as stored, not "
+                       "rotated (as the official decord pipeline reads them)", path, angle)
+
+
+def _frame_tensor(frame: av.VideoFrame, resize: FrameResize | None) -> torch.Tensor:
+    """uint8 ``(3, h, w)``: RGB, resized right away when ``resize`` is given (a full-resolution frame is then never
+    kept beyond its conversion)."""
+    rgb = torch.from_numpy(_to_rgb(frame)).permute(2, 0, 1)  # (3, H, W) view
+    if resize is None:
+        return rgb
+    return resize(rgb.unsqueeze(0))[0].contiguous()
+
+
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """(H, W, 3) uint8. On one swscale thread: the converter stays attached to the frame, and a frame still alive
     when a DataLoader worker forks (e.g. held by a traceback) would hang the worker when freed there (a
@@ -403,11 +468,17 @@ def _scan(
     thread_type: str,
     thread_count: int,
     max_buffer_bytes: int,
+    allow_images: bool = False,
+    resize: FrameResize | None = None,
 ) -> _ScanResult:
     """Decode the whole stream once: count frames, convert the frames the indices computed from the
     container's claimed frame count point at (``hint_rng`` is consumed for that), look for damage."""
     container = _open(path)
     try:
+        image = _still_image(container)
+        if image is not None and not allow_images:
+            raise VideoDecodeError(path, f"a still image ({image}), not a video (a DataModule reads images as one-frame "
+                                         "videos with allow_images: true)")
         stream = _video_stream(container, path, thread_type, thread_count)
         fps = _stream_fps(stream)
         claimed = int(stream.frames or 0)
@@ -424,15 +495,26 @@ def _scan(
         # buffer is only kept when the frame count is an estimate; a wrong header count -> second pass.
         buffer: list[av.VideoFrame] | None = [] if (estimated and max_buffer_bytes > 0) else None
         buffer_bytes = 0
-        kept: dict[int, np.ndarray] = {}
+        kept: dict[int, torch.Tensor] = {}
         n = 0
         n_packets = 0
         last_end: int | None = None
         flagged = 0
         damage: str | None = None
         stopped_early = False
+        # Matroska / WebM: every track is demuxed (the end of the last one is what the segment duration declares) and
+        # the video packets' (pts, duration) kept, to find holes where the demuxer resynchronised past damaged bytes
+        matroska = "matroska" in container.format.name or "webm" in container.format.name
+        spans: list[tuple[int, int, bool]] = []
+        other_end = 0.0
         try:
-            for packet in container.demux(stream):
+            for packet in container.demux() if matroska else container.demux(stream):
+                if packet.stream_index != stream.index:
+                    if packet.pts is not None and packet.stream.time_base is not None:
+                        start = packet.stream.start_time or 0
+                        other_end = max(other_end, float((packet.pts + (packet.duration or 0) - start)
+                                                         * packet.stream.time_base))
+                    continue
                 if packet.size:
                     n_packets += 1
                     if packet.is_corrupt:
@@ -441,11 +523,15 @@ def _scan(
                     if ts is not None:
                         end = ts + (packet.duration or 0)
                         last_end = end if last_end is None else max(last_end, end)
+                        if matroska:
+                            spans.append((ts, packet.duration or 0, bool(packet.is_keyframe)))
                 for frame in packet.decode():
                     if frame.is_corrupt:
                         flagged += 1
+                    if n == 0:
+                        _report_rotation(path, frame)
                     if n in wanted:
-                        kept[n] = _to_rgb(frame)
+                        kept[n] = _frame_tensor(frame, resize)
                     if buffer is not None:
                         buffer_bytes += _frame_nbytes(frame)
                         if buffer_bytes > max_buffer_bytes:
@@ -461,11 +547,13 @@ def _scan(
         except _FFMPEG_ERRORS as exc:
             damage = f"decoding failed after {n} frame(s) ({_ffmpeg_message(exc)})"
 
-        if damage is None and not stopped_early:
+        if not stopped_early:  # also after an FFmpeg error: what the container says was lost, next to the error
             covered = None
+            holes: dict[str, float] = {}
             if last_end is not None and time_base is not None:
                 covered = float((last_end - (stream.start_time or 0)) * time_base)
-            damage = damage_report(
+                holes = _holes(spans, stream.start_time or 0, float(time_base))
+            report = damage_report(
                 StreamEvidence(
                     file_size=os.path.getsize(path),
                     header_frames=int(stream.frames or 0),
@@ -480,9 +568,12 @@ def _scan(
                     flagged=flagged,
                     covered=covered,
                     gif_trailer=has_gif_trailer(path) if container.format.name == "gif" else None,
+                    all_tracks_end=max(covered or 0.0, other_end) if matroska and covered is not None else None,
+                    **holes,
                 ),
                 min_coverage,
             )
+            damage = "; ".join(part for part in (damage, report) if part) or None
 
         if fps <= 0 and n > 0:
             declared = _declared_duration_s(container, stream)
@@ -495,12 +586,12 @@ def _scan(
 
 
 def _fetch(
-    path: str, needed: list[int], *, thread_type: str, thread_count: int
-) -> dict[int, np.ndarray]:
+    path: str, needed: list[int], *, thread_type: str, thread_count: int, resize: FrameResize | None = None
+) -> dict[int, torch.Tensor]:
     """Second pass: decode from the start up to ``max(needed)`` and convert the needed frames."""
     need = set(needed)
     last = max(need)
-    out: dict[int, np.ndarray] = {}
+    out: dict[int, torch.Tensor] = {}
     container = _open(path)
     try:
         stream = _video_stream(container, path, thread_type, thread_count)
@@ -508,7 +599,7 @@ def _fetch(
         try:
             for frame in container.decode(stream):
                 if n in need:
-                    out[n] = _to_rgb(frame)
+                    out[n] = _frame_tensor(frame, resize)
                 n += 1
                 if n > last:
                     break
@@ -537,6 +628,8 @@ def decode_frames(
     thread_type: str = "AUTO",
     thread_count: int = 0,
     max_buffer_bytes: int = 256 * 1024 * 1024,
+    allow_images: bool = False,
+    resize: FrameResize | None = None,
 ) -> VideoClip:
     """Decode ``num_frames`` frames of a video sampled with the official UMT rule.
 
@@ -549,8 +642,9 @@ def decode_frames(
             ``get_frame_indices`` call on the true frame count.
         on_corrupt: ``"error"`` (default) raises :class:`VideoDecodeError` for a damaged file;
             ``"keep_decoded"`` samples from the frames that did decode (warning logged, reason in
-            ``corrupt_reason``; a damaged file is decoded again on one thread, so the frames are
-            reproducible). See the module docstring for what counts as damage.
+            ``corrupt_reason``). Either way a damaged file is decoded again on one thread, so the frames and
+            the counts in the message are the same on every call. See the module docstring for what counts as
+            damage.
         min_coverage: truncation check when only the container declares a duration (it may include a
             longer audio track): the packets must reach this fraction of it. A duration the video track
             declares itself must be reached within a frame + 1 %. 0 disables both duration checks; frame
@@ -559,6 +653,11 @@ def decode_frames(
             ``thread_count=0`` lets FFmpeg pick, use 1-2 inside many DataLoader workers).
         max_buffer_bytes: memory cap for the decoded (YUV) frames kept when the container declares no
             frame count and the estimate may be wrong (0 disables; then a second decode pass is used).
+        allow_images: read a still image (a PNG / JPEG ... even when named .mp4) as a one-frame video; by default
+            it is refused. GIFs are videos.
+        resize: ``resize(uint8 (1, 3, H, W)) -> uint8 (1, 3, h, w)`` applied to each sampled frame as soon as it is
+            converted (the evaluation transforms' per-frame resize), so memory does not grow with the source
+            resolution; ``frames`` then has the resized size.
 
     Returns:
         :class:`VideoClip` with ``frames`` uint8 ``(T, 3, H, W)``.
@@ -587,12 +686,15 @@ def decode_frames(
             thread_type=threads,
             thread_count=count,
             max_buffer_bytes=max_buffer_bytes,
+            allow_images=allow_images,
+            resize=resize,
         )
 
     scan = scan_with(thread_type, thread_count)
-    if scan.damage is not None and on_corrupt == "keep_decoded" and thread_count != 1:
-        # Frame threads conceal and drop damaged frames depending on thread timing (other frames on every call):
-        # decode a damaged file again on one thread, which is deterministic, and fetch from that decode too.
+    if scan.damage is not None and thread_count != 1:
+        # Frame threads conceal and drop damaged frames depending on thread timing (other frames, and other counts in
+        # the message, on every call): decode a damaged file again on one thread, which is deterministic, and fetch
+        # from that decode too (keep_decoded) or report what it found (error).
         threaded_damage = scan.damage
         thread_type, thread_count = "NONE", 1
         scan = scan_with(thread_type, thread_count)
@@ -606,8 +708,7 @@ def decode_frames(
         if on_corrupt == "error":
             raise VideoDecodeError(
                 path,
-                f"damaged video, frame count cannot be trusted: {scan.damage}. "
-                "Pass on_corrupt='keep_decoded' to sample from the frames that decoded.",
+                f"damaged video, frame count cannot be trusted: {scan.damage}. {KEEP_DECODED_HINT}",
             )
         logger.warning(
             "Damaged video %s: %s; sampling from the %d frames that decoded", path, scan.damage, scan.num_decoded
@@ -620,18 +721,18 @@ def decode_frames(
     indices = get_frame_indices(num_frames, vlen, sample, rng=gen)
 
     unique = sorted(set(indices))
-    frames_np = dict(scan.kept)
-    missing = [i for i in unique if i not in frames_np]
+    converted = dict(scan.kept)
+    scan.kept = {}
+    missing = [i for i in unique if i not in converted]
     if missing and scan.buffer is not None and len(scan.buffer) == scan.num_decoded:
         for i in missing:
-            frames_np[i] = _to_rgb(scan.buffer[i])
+            converted[i] = _frame_tensor(scan.buffer[i], resize)
         missing = []
     scan.buffer = None  # release decoder frames
     if missing:
-        frames_np.update(_fetch(path, missing, thread_type=thread_type, thread_count=thread_count))
+        converted.update(_fetch(path, missing, thread_type=thread_type, thread_count=thread_count, resize=resize))
 
-    stacked = np.stack([frames_np[i] for i in indices])  # (T, H, W, 3)
-    frames = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
+    frames = torch.stack([converted[i] for i in indices])  # (T, 3, H, W), one copy
     return VideoClip(
         frames=frames,
         indices=tuple(indices),
@@ -671,14 +772,16 @@ def load_clip_or_skip(
     sample: SampleType = "middle",
     *,
     skip_errors: bool = False,
+    skip_log: str | None = None,
     **kwargs,
 ) -> VideoClip | None:
     """:func:`decode_frames` with a skip policy.
 
     With ``skip_errors=False`` (default) a :class:`VideoDecodeError` propagates, its reason ending in a hint at
     ``skip_errors``. With ``skip_errors=True`` a warning naming the file and the reason is logged (logger
-    ``vidtldr_pl.data_modules.video``) and ``None`` is returned so that a dataset can drop the sample. Other exceptions
-    (bad arguments, bugs) always propagate. ``kwargs`` go to :func:`decode_frames`.
+    ``vidtldr_pl.data_modules.video``), the file is appended to ``skip_log`` when given (see
+    :mod:`vidtldr_pl.data_modules.skips`) and ``None`` is returned so that a dataset can drop the sample. Other
+    exceptions (bad arguments, bugs) always propagate. ``kwargs`` go to :func:`decode_frames`.
     """
     try:
         return decode_frames(path, num_frames, sample, **kwargs)
@@ -686,6 +789,10 @@ def load_clip_or_skip(
         if not skip_errors:
             raise VideoDecodeError(err.path, f"{err.reason} {SKIP_HINT}") from err
         logger.warning("Skipping unreadable video %s: %s", err.path, err.reason)
+        if skip_log is not None:
+            from .skips import record_skip
+
+            record_skip(skip_log, err.path, err.reason)
         return None
 
 
@@ -705,6 +812,9 @@ class VideoDecoder:
     min_coverage: float = 0.9
     thread_type: str = "AUTO"
     thread_count: int = 0
+    skip_log: str | None = None  # a file skipped videos are appended to (vidtldr_pl.data_modules.skips)
+    allow_images: bool = False
+    resize: FrameResize | None = None  # per-frame resize at decode time (picklable: functools.partial of a function)
 
     def __call__(self, path: str | os.PathLike[str], rng: RandomSource = None) -> VideoClip | None:
         return load_clip_or_skip(
@@ -712,10 +822,13 @@ class VideoDecoder:
             self.num_frames,
             self.sample,
             skip_errors=self.skip_errors,
+            skip_log=self.skip_log,
             trimmed30=self.trimmed30,
             rng=rng,
             on_corrupt=self.on_corrupt,
             min_coverage=self.min_coverage,
             thread_type=self.thread_type,
             thread_count=self.thread_count,
+            allow_images=self.allow_images,
+            resize=self.resize,
         )

@@ -116,7 +116,10 @@ def test_kinetics_lists(tmp_path):
     (tmp_path / "train.csv").write_text("train/abc_000001_000011.mp4 0\ntrain/with space.mp4 399\n")
     (tmp_path / "val.csv").write_text("val/x.mp4 12\n\nval/y.mp4 3\n")
     (tmp_path / "test.csv").write_text("/abs/val/x.mp4 12\n")
-    dm = KineticsDataModule(str(tmp_path), variant=400)
+    with pytest.raises(AnnotationError) as err:  # a path outside the video root: refused unless opted in
+        KineticsDataModule(str(tmp_path), variant=400).split("test")
+    _one_line_error(err, "test.csv:1: video path '/abs/val/x.mp4' is outside the video root")
+    dm = KineticsDataModule(str(tmp_path), variant=400, allow_absolute_paths=True)
     assert dm.split("fit").labels == [0, 399] and dm.split("fit").videos[1] == str(tmp_path / "train/with space.mp4")
     assert dm.split("validate").labels == [12, 3] and dm.split("test").videos == ["/abs/val/x.mp4"]
     assert dm.num_classes == 400 and dm.num_views("test") == 15 and dm.num_views("validate") == 1
@@ -284,7 +287,9 @@ def test_evaluate_k400_config_without_checkpoint_or_data(tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert errors == [errors[0]] and "Traceback" not in out.stderr
-    assert errors[0].startswith("error: checkpoint file not found: checkpoints/videomae_b16_k400_ft.pth")
+    # both missing inputs at once, before anything heavy (vidtldr_pl.preflight)
+    assert errors[0].startswith("error: 2 problems: (1) data root data/k400")
+    assert "(2) checkpoint file not found: checkpoints/videomae_b16_k400_ft.pth" in errors[0]
     assert "VideoMAE" in errors[0] and "MODEL_ZOO" in errors[0]
 
 

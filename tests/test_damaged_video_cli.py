@@ -2,6 +2,7 @@
 naming the file and the skip_errors option, exit code 2, no traceback -- also when a DataLoader worker decoded it."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +79,36 @@ def test_evaluate_damaged_video_in_a_worker(dataset):
     line = assert_one_error_line(out)
     assert line.startswith(f"error: {DAMAGED}: damaged video")
     assert "declares 16 frames but only" in line and "skip_errors" in line
+    assert "--data.init_args.on_corrupt=keep_decoded" in line  # the way out, as a CLI user types it
     assert not (dataset / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_keep_decoded_option(dataset):
+    """The option the message names is accepted by the DataModule: the damaged clip is sampled from the frames that
+    decoded (a warning names it) and the evaluation finishes."""
+    results = dataset / "keep_decoded.json"
+    out = run("evaluate.py", dataset, "--data.init_args.num_workers=0", "--compare=[{method: none}]",
+              "--data.init_args.on_corrupt=keep_decoded", f"--results={results}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Damaged video {DAMAGED}" in out.stderr + out.stdout
+    (row,) = json.loads(results.read_text())["runs"]
+    assert "itm/img_r1" in row and not row.get("num_skipped")
+
+
+@pytest.mark.slow
+def test_evaluate_names_skipped_videos(dataset):
+    """With skip_errors the damaged clip is skipped, named in each results row and counted under the table."""
+    results = dataset / "skipped.json"
+    out = run("evaluate.py", dataset, "--data.init_args.num_workers=1", "--data.init_args.skip_errors=true",
+              "--compare=[{method: none}, {method: tome, r: [8]}]", f"--results={results}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(results.read_text())["runs"]
+    assert len(rows) == 2
+    for row in rows:
+        (item,) = row["skipped_videos"]
+        assert item["video"] == DAMAGED and item["reason"].startswith("damaged video")
+    assert f"1 video(s) skipped as unreadable (skip_errors): {DAMAGED}" in out.stdout
 
 
 @pytest.mark.slow

@@ -74,9 +74,12 @@ def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
         trainer.callbacks.append(stats)
     rows = []
     runs = [as_merge_run(r) for r in runs or []]
+    take_skipped = getattr(datamodule, "take_skipped", None)  # videos skipped under skip_errors (data_modules.skips)
     for run in runs or [None]:
         callback = use_merging(trainer, run) if run is not None else _merging_callback(trainer)
         stats.results = {}
+        if callable(take_skipped):
+            take_skipped()  # forget what an earlier stage skipped
         logged = getattr(trainer, split)(model, datamodule=datamodule, verbose=False)
         row: dict[str, Any] = {
             "name": run.label if run else (callback.method if callback else "none"),
@@ -89,8 +92,31 @@ def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
             results = {k: v for d in logged or [] for k, v in d.items()}
         row.update(results)
         row.update({k: v for k, v in stats.results.items() if k not in row})
+        skipped = _all_ranks(take_skipped()) if callable(take_skipped) else []
+        if skipped:
+            row["skipped_videos"] = skipped
         rows.append(row)
     return rows
+
+
+def _all_ranks(skipped: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Every process's skipped videos (each once) when the evaluation ran distributed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return skipped
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, skipped)
+    merged = {item["video"]: item for part in parts for item in part or []}
+    return sorted(merged.values(), key=lambda item: item["video"])
+
+
+def skipped_note(rows: list[dict[str, Any]]) -> str | None:
+    """One line for under the table: how many videos were skipped (skip_errors) and which (the JSON has all)."""
+    names = list(dict.fromkeys(item["video"] for row in rows for item in row.get("skipped_videos") or []))
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
+    return (f"{len(names)} video(s) skipped as unreadable (skip_errors): {shown} "
+            "(skipped_videos in the results JSON)")
 
 
 TABLE_COLUMNS = (
@@ -188,6 +214,9 @@ def print_results(rows: list[dict[str, Any]], title: str = "", console: Console 
             width = console.measure(table, options=console.options.update(max_width=10_000)).maximum
             console = Console(width=max(console.width, width))
     console.print(table)
+    note = skipped_note(rows)
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
 __all__ = ["CLASSIFICATION_COLUMNS", "MergeRun", "MergeSetting", "evaluate_runs", "results_table", "write_results",

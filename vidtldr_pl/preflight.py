@@ -32,6 +32,21 @@ CHECKPOINT_HINT = (
     "official fine-tuned UMT checkpoints are linked from the UMT / vid-TLDR repositories' MODEL_ZOO; pass the file "
     "with --model.init_args.checkpoint=/path/to/file.pth"
 )
+# model name prefix -> where its fine-tuned checkpoints come from
+CHECKPOINT_HINTS = {
+    "umt": CHECKPOINT_HINT,
+    "videomae": "fine-tuned VideoMAE checkpoints are linked from MCG-NJU/VideoMAE's MODEL_ZOO.md (original layout) "
+                "or on the HF hub (MCG-NJU/videomae-*-finetuned-*); pass the file with --model.init_args.checkpoint=PATH",
+}
+
+
+def checkpoint_hint(model: object) -> str:
+    """Where the checkpoints of the named model come from (a generic line for other models)."""
+    name = model if isinstance(model, str) else ""
+    return next((h for prefix, h in CHECKPOINT_HINTS.items() if name.startswith(prefix)),
+                "pass the file with --model.init_args.checkpoint=PATH")
+
+
 # model name prefix -> (module it needs, the extra that installs it)
 EXTRAS = {"vificlip": ("open_clip", "vificlip")}
 
@@ -205,7 +220,7 @@ def missing_inputs(opts: Options, stage: str) -> list[str]:
     ckpt = opts.get("model.init_args.checkpoint")
     if isinstance(ckpt, str) and ckpt and not ckpt.startswith("builtin:") and not Path(ckpt).expanduser().is_file():
         problems.append(f"checkpoint file not found: {ckpt} ({opts.where('model.init_args.checkpoint')}; "
-                        f"{CHECKPOINT_HINT})")
+                        f"{checkpoint_hint(opts.get('model.init_args.model'))})")
     resume = opts.get("ckpt_path")
     if stage == "fit" and isinstance(resume, str) and resume not in ("last", "best", "hpc", "registry") \
             and not Path(resume).expanduser().is_file():

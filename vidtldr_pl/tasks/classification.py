@@ -31,6 +31,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from ..backbones import create_model
 from ..merging import find_mergeable
+from ..preflight import checkpoint_hint
 from .distributed import all_gather_cat, gather_by_index
 from .mixup import apply_mix, draw_mix, mix_targets, soft_target_cross_entropy
 from .base import VideoTask
@@ -38,10 +39,6 @@ from .optim import layer_decay_groups, warmup_cosine_floor
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_HINTS = {
-    "videomae": "fine-tuned VideoMAE checkpoints are linked from MCG-NJU/VideoMAE's MODEL_ZOO.md (original layout) "
-                "or on the HF hub (MCG-NJU/videomae-*-finetuned-*); pass the file with --model.init_args.checkpoint=PATH",
-}
 
 
 @runtime_checkable
@@ -299,9 +296,7 @@ def _check_checkpoint_file(model: str, checkpoint: str | None) -> None:
     """A missing checkpoint file: one line naming it, with where such files come from."""
     if checkpoint is None or checkpoint.startswith("builtin:") or Path(checkpoint).is_file():
         return
-    hint = next((h for prefix, h in CHECKPOINT_HINTS.items() if model.startswith(prefix)),
-                "pass the file with --model.init_args.checkpoint=PATH")
-    raise FileNotFoundError(f"checkpoint file not found: {checkpoint} ({hint})")
+    raise FileNotFoundError(f"checkpoint file not found: {checkpoint} ({checkpoint_hint(model)})")
 
 
 __all__ = ["ClassificationEvalData", "ClassificationTask", "topk_accuracy", "video_scores"]
