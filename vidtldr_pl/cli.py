@@ -378,6 +378,17 @@ def _plain(cfg) -> dict:
 
 
 def run_cli(stage: str, argv: list[str]) -> int:
+    """Build model, data and trainer from argv and run the stage (``_run``); a version folder reserved for the
+    run is removed again if nothing was written into it (a usage error, a signal before any output)."""
+    from .run_control import release_unused
+
+    try:
+        return _run(stage, argv)
+    finally:
+        release_unused()
+
+
+def _run(stage: str, argv: list[str]) -> int:
     """Build model, data and trainer from argv; run ``trainer.fit`` ("fit") or the evaluation ("evaluate": every
     ``compare`` run on the chosen split, a results table and a JSON file).
 
@@ -414,7 +425,7 @@ def run_cli(stage: str, argv: list[str]) -> int:
                     raise (unreadable_resume_checkpoint(err, cli.config.ckpt_path) or err) from None
             else:
                 getattr(cli.trainer, stage)(cli.model, datamodule=cli.datamodule)
-    except (RunInterrupted, SIGTERMException) as err:
+    except (RunInterrupted, SIGTERMException) as err:  # noqa: B014
         stopped = err if isinstance(err, RunInterrupted) else RunInterrupted(signal.SIGTERM)
         if stage == "evaluate":
             what = progress.summary()

@@ -254,6 +254,8 @@ def check(argv: list[str], stage: str) -> list[str]:
     if any(a in FLAGS for a in argv):
         return argv
     opts = gather(argv)
+    if any(a.startswith("--print_config") for a in argv):  # shows the resolved config; runs nothing
+        return argv
     problems = missing_extras(opts) + missing_inputs(opts, stage)
     if len(problems) == 1:
         raise UsageError(problems[0])

@@ -118,6 +118,7 @@ def preemption_checkpoint_path(trainer: pl.Trainer) -> Path:
 
 # ------------------------------------------------------------------ one folder per run
 _VERSION = re.compile(r"version_(\d+)$")
+RESERVED: list[Path] = []  # version folders this process created (release_unused removes them if left empty)
 
 
 def is_first_process() -> bool:
@@ -136,9 +137,28 @@ def reserve_version(root: str | Path) -> int:
     while True:
         try:
             (root / f"version_{n}").mkdir()
+            RESERVED.append(root / f"version_{n}")
             return n
         except FileExistsError:
             n += 1
+
+
+def release_unused() -> None:
+    """Remove the reserved version folders that stayed empty (a run stopped by a usage error writes nothing)."""
+    while RESERVED:
+        folder = RESERVED.pop()
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            continue
+        stop = Path.cwd().resolve()
+        for parent in folder.resolve().parents:  # lightning_logs/ and the save_dir made for it, while empty
+            if parent == stop or stop.is_relative_to(parent):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def reserve_logger_version(trainer_config: Any) -> None:
