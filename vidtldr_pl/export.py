@@ -3,6 +3,9 @@
 
     python -m vidtldr_pl.export outputs/.../last.ckpt weights.safetensors [--dtype float16]
     python -m vidtldr_pl.export outputs/.../last.ckpt/ weights.pth          # a DeepSpeed ZeRO-2/3 sharded folder
+    python -m vidtldr_pl.export 'outputs/demo_umt/lightning_logs/version_*/checkpoints/best-*.ckpt' w.safetensors
+
+Several sources (a glob, quoted or expanded by the shell): the newest by modification time is exported, and named.
 
 Input: a Lightning checkpoint file (its ``state_dict`` holds ``model.*`` = the UMT), or a DeepSpeed checkpoint
 folder (consolidated first with DeepSpeed's zero_to_fp32, through Lightning). Output: ``.safetensors`` (with the
@@ -11,6 +14,8 @@ preset name in its metadata) or ``.pth`` (``{"model": state_dict}``, the officia
 from __future__ import annotations
 
 import argparse
+import glob
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,16 +86,54 @@ def export(src: str | Path, dst: str | Path, dtype: str | None = None, preset: s
     return dst
 
 
-def main(argv: list[str] | None = None) -> None:
+OUTPUT_SUFFIXES = (".safetensors", ".pth")
+
+
+def pick_source(patterns: list[str]) -> tuple[Path, int]:
+    """The checkpoint to export among paths / glob patterns: the newest by modification time. Returns it and how
+    many candidates there were; CheckpointError when nothing matches."""
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for match in matches:
+            path = Path(match)
+            if path.exists():
+                found.setdefault(str(path.resolve()), path)
+    if not found:
+        listed = ", ".join(patterns)
+        if any(glob.has_magic(p) for p in patterns):
+            raise CheckpointError(f"no checkpoint matches {listed} (train.py prints where it wrote its checkpoints)")
+        raise CheckpointError(f"checkpoint not found: {listed}")
+    newest = max(found.values(), key=lambda p: p.stat().st_mtime)
+    return newest, len(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; a bad source or destination: one ``error:`` line, exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="Lightning .ckpt file or DeepSpeed checkpoint folder")
+    parser.add_argument("src", nargs="+", help="Lightning .ckpt file or DeepSpeed checkpoint folder; a glob or "
+                                               "several paths: the newest (modification time) is exported")
     parser.add_argument("dst", help="output .safetensors or .pth")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     parser.add_argument("--preset", default=None, help="UMT preset recorded in the safetensors metadata")
     args = parser.parse_args(argv)
-    out = export(args.src, args.dst, args.dtype, args.preset)
+    if Path(args.dst).suffix not in OUTPUT_SUFFIXES:  # also guards a shell glob that swallowed the destination
+        print(f"error: the output must end in .safetensors or .pth, got {args.dst}", file=sys.stderr)
+        return 2
+    try:
+        src, count = pick_source(args.src)
+        if count > 1:
+            print(f"{count} checkpoints match; exporting the newest: {src}")
+        out = export(src, args.dst, args.dtype, args.preset)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an unreadable source or an unwritable destination
+        print(f"error: {err.filename or args.dst}: {err.strerror or err}", file=sys.stderr)
+        return 2
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
