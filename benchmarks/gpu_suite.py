@@ -892,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.render is not None:
+        if not args.render.is_file():
+            _usage_error(f"--render {args.render}: no such file (a JSON written by --json)")
         report = json.loads(args.render.read_text())
     else:
         report = run_suite(args, argv)
@@ -906,13 +908,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return report
 
 
+def _usage_error(message: str) -> None:
+    """One ``error:`` line and exit code 2, as the project's other commands."""
+    print(f"error: gpu_suite: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_suite(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     device = torch.device(args.device or ("cpu" if args.dry_run else "cuda"))
     if not args.dry_run and device.type != "cuda":
-        raise SystemExit("gpu_suite: the real run needs a CUDA device; use --dry-run for tiny sizes on CPU")
+        _usage_error("the real run needs a CUDA device; use --dry-run for tiny sizes on CPU")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("gpu_suite: CUDA is not available here; use --dry-run for tiny sizes on CPU")
+            _usage_error("CUDA is not available here; use --dry-run for tiny sizes on CPU")
         torch.cuda.set_device(device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -192,3 +194,13 @@ def test_method_list_is_extensible(suite, monkeypatch):
     assert methods == ["tome", "vidtldr", "random"] and missing == ["not_registered_yet"]
     keys = [s.key for s in suite.umt_specs(methods)]
     assert "fast-random" in keys and keys.count("fast-none") == 1
+
+
+def test_without_cuda_or_a_report_one_line_exit_2(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    for args, message in ((["--parts", "a"], "error: gpu_suite: CUDA is not available here; use --dry-run"),
+                          (["--render", str(tmp_path / "nope.json")], "error: gpu_suite: --render")):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
