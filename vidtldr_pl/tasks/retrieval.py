@@ -15,9 +15,12 @@ YAML::
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
+import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,7 +32,7 @@ from ..merging import MergeSetting, apply_merge, find_mergeable
 from ..metrics.retrieval import retrieval_metrics
 from ..progress import Progress, progress_enabled, track
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
-from .base import VideoTask
+from .base import VideoTask, model_options
 from .losses import sample_hard_negatives, vtc_loss, vtm_loss
 
 log = logging.getLogger(__name__)
@@ -73,46 +76,105 @@ def rerank_scores(
     fill: float = -100.0,
     progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """ITM re-ranking of the ITC top-k (official protocol).
+    """ITM re-ranking of the ITC top-k (official protocol), many query x candidate pairs per ``itm_score`` call.
+
+    The video queries come first: their pairs, in query order (each video's texts together), fill calls of
+    ``itm_batch_size`` pairs. Then the text queries: a pair already scored for a video query (in both top-k's) is
+    reused, the others fill the calls in the same way. The scores equal those of one call per query.
 
     Args:
         sim_v2t: (Nv, Nt) ITC similarities.
-        itm_score: ``itm_score(video_idx (B,), text_idx (B,)) -> (B,)`` ITM match logits of the pairs.
+        itm_score: ``itm_score(video_idx (B,), text_idx (B,)) -> (B,)`` ITM match logits of the pairs; a function of
+            each pair alone (the same logit whatever else the call holds), since a pair is scored once.
         k_test: candidates re-ranked per query (clipped to the number of candidates).
-        itm_batch_size: pairs per ``itm_score`` call (each call holds the candidates of one query).
+        itm_batch_size: pairs per ``itm_score`` call (the candidates of several consecutive queries).
         video_rows / text_rows: the query rows this process computes (default: all); other rows stay 0, so that
             partial results of several processes sum to the full matrices.
         fill: score of the entries outside a query's top-k.
-        progress: show the progress of each direction (``vidtldr_pl.progress``: a bar on a terminal, log lines
-            otherwise, rank 0 only).
+        progress: show the progress of each direction in queries (``vidtldr_pl.progress``: a bar on a terminal,
+            log lines otherwise, rank 0 only).
 
     Returns:
         scores_v2t (Nv, Nt) and scores_t2v (Nt, Nv), float32 on ``sim_v2t``'s device: ``fill`` except the top-k
         entries of each computed row, which hold the ITM logit (not combined with ITC).
     """
+    if itm_batch_size < 1:
+        raise ValueError(f"itm_batch_size must be >= 1, got {itm_batch_size}")
     nv, nt = sim_v2t.shape
-    video_rows = range(nv) if video_rows is None else video_rows
-    text_rows = range(nt) if text_rows is None else text_rows
-    scores_v2t = torch.zeros(nv, nt, dtype=torch.float32, device=sim_v2t.device)
-    scores_t2v = torch.zeros(nt, nv, dtype=torch.float32, device=sim_v2t.device)
-    sim_t2v = sim_v2t.t()
-    for sim, scores, rows, n_cand, query_is_video in (
-        (sim_v2t, scores_v2t, video_rows, nt, True),
-        (sim_t2v, scores_t2v, text_rows, nv, False),
-    ):
-        k = min(k_test, n_cand)
-        direction = "video -> text" if query_is_video else "text -> video"
-        queries = track(rows, f"ITM re-ranking, {direction} (top {k})", unit="queries",
-                        enabled=progress and progress_enabled())
-        for q in queries:
-            scores[q] = fill
-            topk = sim[q].topk(k).indices
-            for start in range(0, k, itm_batch_size):
-                cand = topk[start:start + itm_batch_size]
-                query = torch.full_like(cand, q)
-                logit = itm_score(query, cand) if query_is_video else itm_score(cand, query)
-                scores[q, cand] = logit.float().to(scores.device)
+    device = sim_v2t.device
+    video_rows = list(range(nv) if video_rows is None else video_rows)
+    text_rows = list(range(nt) if text_rows is None else text_rows)
+    scores_v2t = torch.zeros(nv, nt, dtype=torch.float32, device=device)
+    scores_t2v = torch.zeros(nt, nv, dtype=torch.float32, device=device)
+    show = progress and progress_enabled()
+
+    # video -> text: every pair of the video queries
+    k = min(k_test, nt)
+    texts = _top_k(sim_v2t, video_rows, k)  # (Qv, k)
+    videos = torch.tensor(video_rows, dtype=torch.long, device=device)[:, None].expand_as(texts)
+    with Progress(f"ITM re-ranking, video -> text (top {k})", total=len(video_rows), unit="queries",
+                  enabled=show) as bar:
+        logits = _score_pairs(videos.flatten(), texts.flatten(), [k] * len(video_rows), itm_score,
+                              itm_batch_size, bar)
+    scores_v2t[videos[:, 0]] = fill
+    scores_v2t[videos, texts] = logits.view_as(texts)
+    scored = torch.zeros(nv, nt, dtype=torch.bool, device=device)
+    scored[videos, texts] = True
+
+    # text -> video: the pairs no video query scored
+    k = min(k_test, nv)
+    cands = _top_k(sim_v2t.t(), text_rows, k)  # (Qt, k) video indices
+    queries = torch.tensor(text_rows, dtype=torch.long, device=device)[:, None].expand_as(cands)
+    reused = scored[cands, queries]
+    with Progress(f"ITM re-ranking, text -> video (top {k})", total=len(text_rows), unit="queries",
+                  enabled=show) as bar:
+        logits = _score_pairs(cands[~reused], queries[~reused], (~reused).sum(1).tolist(), itm_score,
+                              itm_batch_size, bar)
+    pair_scores = scores_v2t[cands, queries]  # the reused ones (the rest is overwritten)
+    pair_scores[~reused] = logits
+    scores_t2v[queries[:, 0]] = fill
+    scores_t2v[queries, cands] = pair_scores
     return scores_v2t, scores_t2v
+
+
+def _top_k(sim: Tensor, rows: Sequence[int], k: int) -> Tensor:
+    """(len(rows), k) candidate indices of the query rows, row by row as the official ``topk`` (same tie order)."""
+    if not rows:
+        return torch.zeros(0, k, dtype=torch.long, device=sim.device)
+    return torch.stack([sim[q].topk(k).indices for q in rows])
+
+
+def _score_pairs(videos: Tensor, texts: Tensor, pairs_per_query: Sequence[int], itm_score: ItmScoreFn,
+                 batch_size: int, bar: Progress) -> Tensor:
+    """ITM logits (P,) float32 of the pairs (P,) (grouped by query, ``pairs_per_query`` each) in calls of
+    ``batch_size`` pairs; ``bar`` counts the queries whose pairs are all scored."""
+    out = torch.empty(videos.shape[0], dtype=torch.float32, device=videos.device)
+    ends = list(itertools.accumulate(pairs_per_query))
+    done = 0
+    for start in range(0, videos.shape[0], batch_size):
+        stop = min(start + batch_size, videos.shape[0])
+        out[start:stop] = itm_score(videos[start:stop], texts[start:stop]).float().to(out.device)
+        finished = bisect.bisect_right(ends, stop)
+        bar.advance(finished - done)
+        done = finished
+    bar.advance(len(ends) - done)  # queries whose pairs were all reused
+    return out
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with at most ``threads`` torch intra-op threads (None: unchanged); restored afterwards."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    before = torch.get_num_threads()
+    if threads is None or threads >= before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class IncompleteEvaluationError(ValueError):
@@ -163,13 +225,18 @@ class RetrievalTask(VideoTask):
         k_test: candidates re-ranked by ITM per query (official 128).
         itm_batch_size: pairs per ITM forward (official 32).
         text_batch_size: captions per text-encoder forward (official 256).
-        vision_overrides: config fields of the named model, e.g. {num_frames: 8, drop_path_rate: 0.1}.
+        model_overrides: config fields of the named model, e.g. {num_frames: 8, drop_path_rate: 0.1}
+            (``vision_overrides``: its old name, still accepted).
         offload_dtype: dtype of the video tokens kept on CPU ("float16" / "bfloat16" halve their memory; None keeps
             the encoder's dtype). They are cast back when moved to the ITM head; under fp16 autocast ("16-mixed")
             "float16" gives the same scores, since autocast casts them to fp16 in the cross-attention anyway.
         itm_cache_mb: memory (MiB, on the evaluation device) allowed for the cross-attention keys / values of every
-            video, computed once instead of once per candidate pair; above it, keys / values are shared only
-            within a video query. 0 disables the cache. Same scores either way.
+            video, computed once instead of once per candidate pair; above it, each ITM forward computes those of
+            its distinct videos. 0 disables the cache. Same scores either way.
+        itm_threads: torch intra-op threads of the ITM re-ranking on a CPU device (default 1; None keeps torch's
+            setting). Its forwards are small (a few thousand rows), and on busy or shared cores the threads of each
+            small op mostly wait for one another: one thread per process costs several times less CPU there
+            (BENCHMARKS.md, "Retrieval demo: ITM re-ranking cost"). The scores do not depend on it.
         reuse_text_features: keep the encoded captions of an evaluation split until the next training step, so that
             evaluating several merge methods in a row encodes the text once (merging touches only the vision side).
         optimizer: "adamw" (torch) or "deepspeed_cpu_adam" (needed by DeepSpeed ZeRO-Offload, strategy
@@ -199,9 +266,11 @@ class RetrievalTask(VideoTask):
         k_test: int = 128,
         itm_batch_size: int = 32,
         text_batch_size: int = 256,
+        model_overrides: dict | None = None,
         vision_overrides: dict | None = None,
         offload_dtype: str | None = None,
         itm_cache_mb: float = 2048.0,
+        itm_threads: int | None = 1,
         reuse_text_features: bool = True,
         lr: float = 1e-5,
         weight_decay: float = 0.02,
@@ -219,16 +288,19 @@ class RetrievalTask(VideoTask):
         super().__init__()
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, nn.Module):
-            if checkpoint is not None or vision_overrides:
-                raise ValueError("checkpoint / vision_overrides apply to a model name; load a model object yourself")
+            if checkpoint is not None or model_overrides or vision_overrides:
+                raise ValueError("checkpoint / model_overrides apply to a model name; load a model object yourself")
             self.model = model
         else:
-            self.model = create_model(model, checkpoint=checkpoint, **(vision_overrides or {}))
+            self.model = create_model(model, checkpoint=checkpoint, **model_options(model_overrides, vision_overrides))
         for encoder in find_mergeable(self.model):
             if hasattr(encoder, "set_grad_checkpointing"):
                 encoder.set_grad_checkpointing(gradient_checkpointing)
         self.k_test = k_test
         self.itm_batch_size = itm_batch_size
+        if itm_threads is not None and itm_threads < 1:
+            raise ValueError(f"itm_threads must be >= 1 or None, got {itm_threads}")
+        self.itm_threads = itm_threads
         self.text_batch_size = text_batch_size
         self.offload_dtype = getattr(torch, offload_dtype) if offload_dtype else None
         self.reuse_text_features = reuse_text_features
@@ -343,18 +415,20 @@ class RetrievalTask(VideoTask):
             memory = self._fusion_memory_cache(tokens, video_tokens)
 
         def itm_score(v: Tensor, t: Tensor) -> Tensor:
-            # the cross-attention keys / values depend on the video only: from the cache, or computed once when
-            # every pair shows the same video (a video query); else the plain pairwise path
+            # the cross-attention keys / values depend on the video only: each video's are read from the cache
+            # (memory_index into all videos, nothing copied) or computed once per call for its distinct videos, and
+            # shared by that video's texts
             if memory is not None:
-                v_dev = v.to(self.device)
-                pair_memory = [(k[v_dev], val[v_dev]) for k, val in memory]
-            elif bool((v == v[0]).all()):
-                pair_memory = self.model.text_encoder.fusion_memory(video_tokens(v[:1]))
+                pair_memory, index = memory, v.to(self.device)
             else:
-                return self.model.itm_logits(text["hidden"][t], text["mask"][t], video_tokens(v))[:, 1]
-            return self.model.itm_logits(text["hidden"][t], text["mask"][t], None, memory=pair_memory)[:, 1]
+                videos, index = torch.unique(v.cpu(), return_inverse=True)
+                pair_memory, index = self.model.text_encoder.fusion_memory(video_tokens(videos)), index.to(self.device)
+            t = t.to(self.device)
+            return self.model.itm_logits(text["hidden"][t], text["mask"][t], None, memory=pair_memory,
+                                         memory_index=index)[:, 1]
 
-        with self._autocast():
+        threads = self.itm_threads if self.device.type == "cpu" else None
+        with self._autocast(), intra_op_threads(threads):
             s_v2t, s_t2v = rerank_scores(sim_v2t, itm_score, self.k_test, self.itm_batch_size,
                                          row_range(nv, rank, world), row_range(nt, rank, world),
                                          progress=True)

@@ -109,13 +109,15 @@ class UMT(nn.Module):
         return F.normalize(self.text_proj(text_hidden[:, 0]), dim=-1)
 
     def itm_logits(self, text_hidden: Tensor, text_mask: Tensor, video_tokens: Tensor | None,
-                   memory: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+                   memory: list[tuple[Tensor, Tensor]] | None = None, memory_index: Tensor | None = None) -> Tensor:
         """Fusion layers over (text, video) pairs -> ITM logits (B, 2); [:, 1] is the match score.
 
         text_hidden (B, L, Dt), text_mask (B, L), video_tokens (B, N', Dv) (all-ones video mask, no size bias);
-        or memory = ``text_encoder.fusion_memory(video_tokens)`` (batch B, or 1 for one video vs B texts).
+        or memory = ``text_encoder.fusion_memory(video_tokens)`` (batch B, or 1 for one video vs B texts; or G
+        videos with memory_index (B,) naming each text's video).
         """
-        fused = self.text_encoder.forward_fusion(text_hidden, text_mask, video_tokens, memory=memory)
+        fused = self.text_encoder.forward_fusion(text_hidden, text_mask, video_tokens, memory=memory,
+                                                 memory_index=memory_index)
         return self.itm_head(fused[:, 0])
 
 

@@ -154,20 +154,46 @@ class BertSelfAttention(nn.Module):
         return self._split(self.key(kv)), self._split(self.value(kv))
 
     def forward(self, hidden: Tensor, kv: Tensor | None, add_mask: Tensor,
-                memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                memory: tuple[Tensor, Tensor] | None = None, memory_index: Tensor | None = None) -> Tensor:
         """hidden (B, L, D), kv (B, N, Dkv), add_mask (B or 1, 1, 1, N) additive -> context (B, L, D).
 
         memory: precomputed ``key_value(kv)`` (batch B or 1, broadcast over the queries) used instead of kv.
+        memory_index: (B,) long, row b attends to ``memory[:][memory_index[b]]`` (memory of batch G: the keys /
+            values of G videos shared by the B rows, never copied per row; add_mask then has batch 1).
         """
         q = self._split(self.query(hidden))
         k, v = memory if memory is not None else self.key_value(kv)
-        if k.shape[0] != q.shape[0]:
-            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=add_mask.to(q.dtype), dropout_p=self.dropout_p if self.training else 0.0
-        )
+        dropout_p = self.dropout_p if self.training else 0.0
+        if memory_index is not None:
+            ctx = self._grouped_attention(q, k, v, add_mask.to(q.dtype), memory_index, dropout_p)
+        else:
+            if k.shape[0] != q.shape[0]:
+                k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask.to(q.dtype), dropout_p=dropout_p)
         b, _, n, _ = ctx.shape
         return ctx.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+
+    @staticmethod
+    def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, add_mask: Tensor, memory_index: Tensor,
+                           dropout_p: float) -> Tensor:
+        """q (B, H, L, hd) against k / v (G, H, N, hd), row b reading group ``memory_index[b]``: one attention call
+        per group, its keys / values broadcast over its rows (the same per-row arithmetic as a (B, H, N, hd) copy)."""
+        if memory_index.shape != (q.shape[0],):
+            raise ValueError(f"memory_index must have shape ({q.shape[0]},), got {tuple(memory_index.shape)}")
+        if add_mask.shape[0] != 1:
+            raise ValueError("with memory_index the cross-attention mask must have batch 1 (all-ones vision mask)")
+        groups, inverse = torch.unique(memory_index, return_inverse=True)
+        if groups.numel() == 1:  # one video for every row: plain broadcast
+            g = int(groups[0])
+            k_g, v_g = k[g:g + 1].expand(q.shape[0], -1, -1, -1), v[g:g + 1].expand(q.shape[0], -1, -1, -1)
+            return F.scaled_dot_product_attention(q, k_g, v_g, attn_mask=add_mask, dropout_p=dropout_p)
+        ctx = torch.empty_like(q)
+        for j, g in enumerate(groups.tolist()):
+            rows = (inverse == j).nonzero().squeeze(1)
+            n = rows.numel()
+            k_g, v_g = k[g:g + 1].expand(n, -1, -1, -1), v[g:g + 1].expand(n, -1, -1, -1)
+            ctx[rows] = F.scaled_dot_product_attention(q[rows], k_g, v_g, attn_mask=add_mask, dropout_p=dropout_p)
+        return ctx
 
 
 class BertSelfOutput(nn.Module):
@@ -192,8 +218,8 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(cfg)
 
     def forward(self, hidden: Tensor, kv: Tensor | None, add_mask: Tensor,
-                memory: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        return self.output(self.self(hidden, kv, add_mask, memory), hidden)
+                memory: tuple[Tensor, Tensor] | None = None, memory_index: Tensor | None = None) -> Tensor:
+        return self.output(self.self(hidden, kv, add_mask, memory, memory_index), hidden)
 
 
 class BertIntermediate(nn.Module):
@@ -235,14 +261,16 @@ class BertLayer(nn.Module):
         vision: Tensor | None = None,
         vision_add_mask: Tensor | None = None,
         memory: tuple[Tensor, Tensor] | None = None,
+        memory_index: Tensor | None = None,
     ) -> Tensor:
         """hidden (B, L, D), add_mask (B, 1, 1, L); vision (B, N, Dv), vision_add_mask (B, 1, 1, N);
-        memory: this layer's precomputed cross-attention keys / values (instead of vision)."""
+        memory: this layer's precomputed cross-attention keys / values (instead of vision); memory_index: which
+        memory entry each row reads (``BertSelfAttention.forward``)."""
         hidden = self.attention(hidden, hidden, add_mask)
         if self.has_cross_attention:
             if (vision is None and memory is None) or vision_add_mask is None:
                 raise ValueError("fusion layers need vision tokens (encoder_hidden_states) for cross-attention")
-            hidden = self.crossattention(hidden, vision, vision_add_mask, memory)
+            hidden = self.crossattention(hidden, vision, vision_add_mask, memory, memory_index)
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -284,7 +312,10 @@ class UMTTextEncoder(nn.Module):
         vision_tokens: Tensor | None = None,
         vision_mask: Tensor | None = None,
         memory: list[tuple[Tensor, Tensor]] | None = None,
+        memory_index: Tensor | None = None,
     ) -> Tensor:
+        if memory_index is not None and memory is None:
+            raise ValueError("memory_index selects entries of memory: pass memory too")
         if attention_mask is None:
             attention_mask = hidden.new_ones(hidden.shape[:2])
         add_mask = extended_attention_mask(attention_mask, hidden.dtype)
@@ -297,7 +328,7 @@ class UMTTextEncoder(nn.Module):
             vision_add_mask = extended_attention_mask(vision_mask, hidden.dtype)
         for i, layer in enumerate(self.encoder.layer[start:end]):
             layer_memory = memory[i] if memory is not None else None
-            hidden = layer(hidden, add_mask, vision_tokens, vision_add_mask, layer_memory)
+            hidden = layer(hidden, add_mask, vision_tokens, vision_add_mask, layer_memory, memory_index)
         return hidden
 
     def forward_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -315,6 +346,7 @@ class UMTTextEncoder(nn.Module):
         vision_tokens: Tensor | None,
         vision_mask: Tensor | None = None,
         memory: list[tuple[Tensor, Tensor]] | None = None,
+        memory_index: Tensor | None = None,
     ) -> Tensor:
         """Fusion layers ``[fusion_layer, num_layers)`` with cross-attention to vision tokens.
 
@@ -322,9 +354,12 @@ class UMTTextEncoder(nn.Module):
         vision_tokens (B, N, Dv), vision_mask (B, N) 0/1 (None: all ones) -> (B, L, D).
         memory: ``fusion_memory(vision_tokens)`` computed beforehand (batch B, or 1 for one video shared by every
         text), used instead of vision_tokens: the same result without projecting a video's tokens again per text.
+        memory_index: (B,) long with a memory of G videos (all-ones vision masks): text b is fused with video
+            ``memory_index[b]``, so that the pairs of several videos share one forward without copying each
+            video's keys / values per pair.
         """
         return self._run_layers(text_hidden, attention_mask, self.config.fusion_layer,
-                                self.config.num_layers, vision_tokens, vision_mask, memory)
+                                self.config.num_layers, vision_tokens, vision_mask, memory, memory_index)
 
     def fusion_memory(self, vision_tokens: Tensor) -> list[tuple[Tensor, Tensor]]:
         """vision_tokens (B, N, Dv) -> per fusion layer the cross-attention keys and values, each (B, H, N, hd)."""
