@@ -296,6 +296,7 @@ def test_evaluate_k400_config_without_checkpoint_or_data(tmp_path):
 @pytest.mark.slow
 def test_evaluate_k400_config_without_data(tmp_path):
     """A checkpoint-free model, and still no data: the missing list is named."""
+    (tmp_path / "k400").mkdir()  # the folder exists (else preflight names it), its annotation does not
     out = _evaluate(tmp_path, "--model.init_args.model=videomae_tiny", "--model.init_args.checkpoint=null",
                     f"--data.init_args.data_root={tmp_path / 'k400'}", "--trainer.accelerator=cpu",
                     "--trainer.precision=32")

@@ -142,7 +142,8 @@ def test_evaluate_without_data_or_checkpoint_stops_with_one_line(tmp_path, overr
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1
-    assert ("checkpoint file not found" if not override else "video root not found") in errors[0]
+    # both missing inputs named at once before anything heavy (vidtldr_pl.preflight); without a checkpoint, the data
+    assert "data root data/msrvtt" in errors[0] and ("checkpoint file not found" in errors[0]) == (not override)
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def preemption_checkpoint_path(trainer: pl.Trainer) -> Path:
 
 # ------------------------------------------------------------------ one folder per run
 _VERSION = re.compile(r"version_(\d+)$")
-RESERVED: list[Path] = []  # version folders this process created (release_unused removes them if left empty)
+RESERVED: list[Path] = []  # folders / files this process reserved (release_unused removes them if left empty)
 
 
 def is_first_process() -> bool:
@@ -144,15 +144,21 @@ def reserve_version(root: str | Path) -> int:
 
 
 def release_unused() -> None:
-    """Remove the reserved version folders that stayed empty (a run stopped by a usage error writes nothing)."""
+    """Remove the reserved version folders and results files that stayed empty (a run stopped by a usage error or
+    a failure writes nothing)."""
     while RESERVED:
-        folder = RESERVED.pop()
+        path = RESERVED.pop()
         try:
-            folder.rmdir()  # only succeeds when empty
+            if path.is_file():
+                if path.stat().st_size:
+                    continue
+                path.unlink()  # a results file reserved for a run that wrote nothing
+            else:
+                path.rmdir()  # only succeeds when empty
         except OSError:
             continue
         stop = Path.cwd().resolve()
-        for parent in folder.resolve().parents:  # lightning_logs/ and the save_dir made for it, while empty
+        for parent in path.resolve().parents:  # lightning_logs/ and the save_dir made for it, while empty
             if parent == stop or stop.is_relative_to(parent):
                 break
             try:
@@ -190,6 +196,7 @@ def unique_path(path: str | Path) -> Path:
         candidate = path if i == 0 else path.with_name(f"{path.stem}_{i}{path.suffix}")
         try:
             with open(candidate, "x"):
+                RESERVED.append(candidate)
                 return candidate
         except FileExistsError:
             continue
