@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import yaml
+from test_damaged_video_cli import write_avi
 
 from vidtldr_pl.data_modules.annotations import AnnotationError, build_index, read_annotations, under_root
 from vidtldr_pl.data_modules.class_annotations import read_space_list, read_table
@@ -125,16 +126,7 @@ def test_preset_file_overrides_resolve_under_data_root(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 2. on_corrupt
 def _write_avi(path: Path, frames: np.ndarray, fps: int = 8) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_avi(path, frames, fps)
 
 
 @pytest.fixture(scope="module")
