@@ -3,10 +3,10 @@ override, progress lines in logs, quiet output, the saved run config."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import import_module
 from pathlib import Path
@@ -18,7 +18,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .cli_help import HELP_ALL_FLAG, config_dir, help_requested, short_help
 
-from .run_control import RunInterrupted, StopOnSignal, check_merge_settings, reserve_logger_version, unique_path
+from .run_control import (RunInterrupted, StopOnSignal, _get, check_merge_settings, is_first_process,
+                          reserve_logger_version, unique_path)
 from .preflight import CHECKPOINT_HINT, UsageError, find_config, parser_error_line, resolve_config_args  # noqa: F401
 from .strategy_check import exit_on_unusable_strategy
 
@@ -68,10 +69,6 @@ def _is_token_merging(callback: Any) -> bool:
     except (ImportError, AttributeError):
         return False
     return isinstance(cls, type) and issubclass(cls, TokenMerging)
-
-
-def _get(ns: Any, key: str, default: Any = None) -> Any:
-    return ns.get(key, default) if hasattr(ns, "get") else getattr(ns, key, default)
 
 
 def apply_merge_override(config: Any, stage: str) -> None:
@@ -269,10 +266,6 @@ def unreadable_resume_checkpoint(err: BaseException, ckpt_path: str | None) -> U
     return UsageError(f"--ckpt_path {ckpt_path}: not a checkpoint this run can resume: {reason}")
 
 
-def _is_rank_zero() -> bool:
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
-
-
 def _stderr_is_terminal() -> bool:
     try:
         return sys.stderr.isatty()
@@ -292,16 +285,19 @@ def build_cli(argv: list[str], stage: str = "evaluate") -> VidTLDRCLI:
     )
 
 
+@dataclass
 class EvaluationProgress:
     """What an evaluation has finished so far (for the line printed when a signal stops it)."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.rows, self.path, self.current = total, [], None, ""
+    total: int = 0
+    done: int = 0
+    path: Path | None = None
+    current: str = ""
 
     def summary(self) -> str:
-        if not self.rows:
+        if not self.done:
             return f"before the first of {self.total} evaluation(s) finished (during {self.current}); no results written"
-        return (f"during {self.current or 'the report'}: {len(self.rows)} of {self.total} evaluation(s) finished, "
+        return (f"during {self.current or 'the report'}: {self.done} of {self.total} evaluation(s) finished, "
                 f"written to {self.path}")
 
 
@@ -333,7 +329,7 @@ def _evaluate(cli: VidTLDRCLI, progress: EvaluationProgress) -> None:
         rows += evaluate_runs(cli.trainer, cli.model, cli.datamodule, [run] if run is not None else None, split)
         if cli.trainer.is_global_zero:
             progress.path = write_results(rows, path, _plain(cfg))  # after every row: a stopped run keeps them
-        progress.rows = list(rows)
+        progress.done = len(rows)
     progress.current = ""
     if cli.trainer.is_global_zero:
         title = f"{type(cli.model).__name__} on {type(cli.datamodule).__name__} ({split} split)"
@@ -410,7 +406,7 @@ def _run(stage: str, argv: list[str]) -> int:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     stop = StopOnSignal()
-    progress = EvaluationProgress(0)
+    progress = EvaluationProgress()
     try:
         with stop.installed():
             cli = build_cli(argv, stage)
@@ -434,7 +430,7 @@ def _run(stage: str, argv: list[str]) -> int:
                     f"--ckpt_path={stopped.checkpoint})")
         else:
             what = "before a resumable point; the checkpoints written so far are kept"
-        if _is_rank_zero():
+        if is_first_process():
             print(f"error: stopped by {stopped.name} {what}", file=sys.stderr, flush=True)
         return stopped.exit_code
     except (ArgumentError, UsageError) as err:  # a usage error: one line (with a "did you mean"), exit code 2

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .callbacks import TokenMerging
-from .callbacks.measure import EncoderStats
+from .callbacks.measure import NOT_TIMED, EncoderStats
 from .flops.report import compact_tokens
 from .merging import MergeSetting, as_setting
 from .metrics.retrieval import READABLE_NAMES
@@ -178,8 +178,6 @@ def reference_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def format_speed(row: dict[str, Any]) -> str:
     """videos/s of a results row, one decimal; ``n/a (one batch)`` when only the warm-up batch ran."""
-    from .callbacks.measure import NOT_TIMED
-
     speed = row.get("videos_per_s")
     if isinstance(speed, (int, float)) and speed > 0:
         return f"{speed:.1f}"

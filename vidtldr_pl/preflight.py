@@ -22,12 +22,12 @@ from typing import Any
 
 import yaml
 
-from .cli_help import config_dir
+from .cli_help import HELP_ALL_FLAG, HELP_FLAGS, config_dir
 
 EXIT_USAGE = 2
 TOP_LEVEL_KEYS = ("model", "data", "trainer", "seed_everything", "compare", "split", "results", "ckpt_path", "merge",
                   "optimizer", "lr_scheduler", "config", "print_config")
-FLAGS = ("--help", "-h", "--help-all")
+FLAGS = (*HELP_FLAGS, HELP_ALL_FLAG)
 CHECKPOINT_HINT = (
     "official fine-tuned UMT checkpoints are linked from the UMT / vid-TLDR repositories' MODEL_ZOO; pass the file "
     "with --model.init_args.checkpoint=/path/to/file.pth"

@@ -204,6 +204,7 @@ def unique_path(path: str | Path) -> Path:
 
 
 def _get(ns: Any, key: str, default: Any = None) -> Any:
+    """``key`` of a parsed config node (a dict or a jsonargparse Namespace); ``default`` when absent or None."""
     if ns is None:
         return default
     return ns.get(key, default) if hasattr(ns, "get") else getattr(ns, key, default)
