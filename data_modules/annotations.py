@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Literal
 
 from vidtldr_pl.text import clean_caption, join_paragraph
+from vidtldr_pl.errors import AnnotationError
 
 log = logging.getLogger(__name__)
 
 Duplicates = Literal["keep", "drop"]
 #: What the option names say when a path leaves the video root.
 OUTSIDE_HINT = "to read paths outside it set allow_absolute_paths, --data.init_args.allow_absolute_paths=true"
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation file (names the file, the entry and the key)."""
 
 
 @dataclass

@@ -24,8 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from vidtldr_pl.backbones.umt.qa import answer_texts
-from vidtldr_pl.text import BertWordPieceTokenizer, clean_caption
+from vidtldr_pl.text import answer_texts, BertWordPieceTokenizer, clean_caption
 
 from .annotations import AnnotationError, under_root, video_path
 from .retrieval import RetrievalVideoDataset, epoch_length, trained_position

@@ -94,6 +94,7 @@ import numpy as np
 import torch
 
 from .damage import StreamEvidence, damage_report, has_gif_trailer
+from vidtldr_pl.errors import VideoDecodeError
 
 __all__ = [
     "OnCorrupt",
@@ -126,42 +127,6 @@ KEEP_DECODED_HINT = ("To sample from the frames that decoded, set on_corrupt: ke
                      "(--data.init_args.on_corrupt=keep_decoded)")
 
 _FFMPEG_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError, EOFError)
-
-
-class VideoDecodeError(RuntimeError):
-    """A video could not be (fully) decoded. ``str(err)`` is ``"<path>: <reason>"``, one line.
-
-    ``VideoDecodeError(message)`` (one argument) rebuilds the error from a message ending in a formatted
-    ``VideoDecodeError: <path>: <reason>`` line -- what a DataLoader worker's re-raise passes (the worker's
-    traceback as text) -- so the error keeps its type, path and reason across worker processes.
-
-    Attributes:
-        path: the file that failed.
-        reason: human-readable cause.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
-        if reason is None:
-            path, reason = _split_error_message(str(path))
-        self.path = os.fspath(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):  # keep it picklable (DataLoader workers, multiprocessing)
-        return (type(self), (self.path, self.reason))
-
-
-def _split_error_message(message: str) -> tuple[str, str]:
-    """``(path, reason)`` from the last ``[module.]VideoDecodeError: <path>: <reason>`` line of ``message`` (a
-    formatted traceback), else from ``message`` itself. A path containing ``": "`` is split at its first one."""
-    text = message.strip()
-    for line in reversed(text.splitlines()):
-        head, sep, rest = line.partition(f"{VideoDecodeError.__name__}: ")
-        if sep and (not head or (head.endswith(".") and " " not in head)):
-            text = rest
-            break
-    path, sep, reason = text.partition(": ")
-    return (path, reason) if sep else ("<unknown file>", text)
 
 
 def _ffmpeg_message(exc: BaseException) -> str:

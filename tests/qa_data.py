@@ -6,9 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vidtldr_pl.backbones import create_model
-from vidtldr_pl.backbones.umt.qa import answer_texts
 from vidtldr_pl.tasks.qa import QATask
-from vidtldr_pl.text import BertWordPieceTokenizer
+from vidtldr_pl.text import answer_texts, BertWordPieceTokenizer
 
 WORDS = ["what", "is", "the", "man", "doing", "color", "red", "blue", "green", "yes", "no", "dog", "cat", "two",
          "running", "car", "how", "many"]

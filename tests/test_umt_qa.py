@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from vidtldr_pl.backbones import create_model, list_models
 from vidtldr_pl.backbones.checkpoint import CheckpointError
-from vidtldr_pl.backbones.umt.qa import QA_CONFIGS, UMTQA, answer_texts, load_umt_qa_checkpoint, rerank_topk
+from vidtldr_pl.text import answer_texts
+from vidtldr_pl.backbones.umt.qa import QA_CONFIGS, UMTQA, load_umt_qa_checkpoint, rerank_topk
 from vidtldr_pl.merging import MergeSetting, apply_merge
 from vidtldr_pl.text import BertWordPieceTokenizer
 

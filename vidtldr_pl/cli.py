@@ -22,6 +22,7 @@ from .run_control import (RunInterrupted, StopOnSignal, _get, check_merge_settin
                           reserve_logger_version, unique_path)
 from .preflight import CHECKPOINT_HINT, UsageError, find_config, parser_error_line, resolve_config_args  # noqa: F401
 from .strategy_check import exit_on_unusable_strategy
+from .errors import MergeOverrideError
 
 
 class _NoAdverts(logging.Filter):
@@ -51,10 +52,6 @@ def quiet_lightning() -> None:
 
 
 MERGE_CALLBACK = "vidtldr_pl.callbacks.TokenMerging"
-
-
-class MergeOverrideError(ValueError):
-    """A ``--merge.*`` option that cannot apply to the config (one line, exit code 2)."""
 
 
 def _is_token_merging(callback: Any) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from .cli_help import HELP_ALL_FLAG, HELP_FLAGS, config_dir
+from .errors import UsageError
 
 EXIT_USAGE = 2
 TOP_LEVEL_KEYS = ("model", "data", "trainer", "seed_everything", "compare", "split", "results", "ckpt_path", "merge",
@@ -49,10 +50,6 @@ def checkpoint_hint(model: object) -> str:
 
 # model name prefix -> (module it needs, the extra that installs it)
 EXTRAS = {"vificlip": ("open_clip", "vificlip")}
-
-
-class UsageError(ValueError):
-    """A problem with the command line or the config files: one line, exit code 2."""
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str:

@@ -14,14 +14,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 CONTAINER_KEYS = ("model", "state_dict", "module")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be loaded into the model (says which file and which keys)."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import CheckpointError, LoadReport
+from ..errors import UnknownWeightsError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -35,10 +36,6 @@ class PretrainedCfg:
     task: str = "retrieval"
     builtin_weights: dict[str, str] = field(default_factory=dict)
     description: str = ""
-
-
-class UnknownWeightsError(CheckpointError, ValueError):
-    """``builtin:<name>`` names no shipped weights file."""
 
 
 @dataclass

@@ -8,13 +8,10 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Sequence
+from ..errors import ScheduleError
 
 RValue = int | float
 log = logging.getLogger(__name__)
-
-
-class ScheduleError(ValueError):
-    """An r schedule that is malformed or does not fit the model."""
 
 
 def _check_value(value: object, where: str) -> RValue:

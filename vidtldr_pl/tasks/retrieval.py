@@ -34,6 +34,7 @@ from ..progress import Progress, progress_enabled, track
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
 from .base import VideoTask, model_options
 from .losses import sample_hard_negatives, vtc_loss, vtm_loss
+from ..errors import IncompleteEvaluationError
 
 log = logging.getLogger(__name__)
 ItmScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -175,10 +176,6 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-class IncompleteEvaluationError(ValueError):
-    """An evaluation that did not see every video of the split."""
 
 
 def _skips_errors(data: Any) -> bool:

@@ -1,5 +1,5 @@
 """Caption cleaning (official ``pre_text``) and a BERT WordPiece tokenizer on HF ``tokenizers``."""
-from vidtldr_pl.text.cleaning import clean_caption, join_paragraph, pre_text
+from vidtldr_pl.text.cleaning import answer_texts, clean_caption, join_paragraph, pre_text
 from vidtldr_pl.text.tokenizer import (
     SPECIAL_TOKENS,
     BertWordPieceTokenizer,
@@ -9,6 +9,7 @@ from vidtldr_pl.text.tokenizer import (
 )
 
 __all__ = [
+    "answer_texts",
     "SPECIAL_TOKENS",
     "BertWordPieceTokenizer",
     "TokenizerNotFoundError",

@@ -40,3 +40,8 @@ def join_paragraph(captions: Sequence[str] | str) -> str:
     if isinstance(captions, str):
         return captions
     return " ".join(captions)
+
+
+def answer_texts(answers: list[str], eos: str = "[SEP]") -> list[str]:
+    """Answer strings as the official UMT-QA code tokenizes them: ``answer + " " + eos``."""
+    return [f"{a} {eos}" for a in answers]

@@ -54,16 +54,13 @@ import torch
 from tokenizers import AddedToken, Tokenizer, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.processors import TemplateProcessing
+from ..errors import TokenizerNotFoundError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
 REQUIRED_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP)
 VOCAB_FILE = "vocab.txt"
 Flavor = Literal["hf", "umt"]
-
-
-class TokenizerNotFoundError(FileNotFoundError):
-    """No vocabulary at the given path, in the Hugging Face cache, or reachable on the Hub."""
 
 
 # ------------------------------------------------------------------------------------------ character classes (HF)

@@ -26,7 +26,7 @@ from ..registry import register_model
 from .text import MASK_VALUE, TextEncoderConfig, UMTTextEncoder, extended_attention_mask
 from .vision import VisionConfig
 
-__all__ = ["AnswerDecoder", "QA_CONFIGS", "QAVisionEncoder", "UMTQA", "UMTQAConfig", "answer_texts",
+__all__ = ["AnswerDecoder", "QA_CONFIGS", "QAVisionEncoder", "UMTQA", "UMTQAConfig",
            "init_qa_from_umt", "load_umt_qa_checkpoint", "qa_state_from_umt", "rerank_topk"]
 
 # Keys of official QA files the model has no use for (saved with the frozen CLIP teacher): dropped and reported.
@@ -165,11 +165,6 @@ def rerank_topk(first_probs: Tensor, seq_nll: Tensor) -> Tensor:
     first_probs (Q, k) first-token probabilities of the kept candidates; seq_nll (Q, k) -> probabilities (Q, k).
     """
     return torch.softmax(first_probs.log() - seq_nll, dim=1)
-
-
-def answer_texts(answers: list[str], eos: str = "[SEP]") -> list[str]:
-    """Answer strings as the official code tokenizes them: ``answer + " " + eos``."""
-    return [f"{a} {eos}" for a in answers]
 
 
 class UMTQA(nn.Module):
