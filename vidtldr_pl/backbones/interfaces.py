@@ -5,7 +5,8 @@ class, checked by ``tests/test_backbone_contract.py``); a task uses only the met
 chooses between behaviours with ``isinstance(model, FusionModel)`` and the like, never with ``hasattr`` on model
 internals. Videos are (B, T, 3, H, W) unless a method says otherwise.
 
-- ``MergeableEncoder``: a ViT whose blocks carry the merge slot (``find_mergeable`` finds them);
+- ``VideoEncoder``: a ViT on the shared layers, whose blocks carry the merge slot (``merging.MergeableEncoder``,
+  found by ``find_mergeable``), with switchable attention kernel and gradient checkpointing;
 - ``DualEncoder``: vision / text embeddings in one space and a contrastive temperature (retrieval, MC);
 - ``FusionModel``: a dual encoder with an image-text-matching head over fused tokens (ITM re-ranking);
 - ``VideoClassifier``: video -> class logits (action recognition);
@@ -21,14 +22,14 @@ from torch import Tensor
 
 
 @runtime_checkable
-class MergeableEncoder(Protocol):
-    """A token encoder with merge slots: ``blocks`` (each with ``.attn``), ``merge_settings``, ``num_tokens`` (input
-    tokens for its configured input size, 0 when unknown) and these switches."""
+class VideoEncoder(Protocol):
+    """A mergeable token encoder (``merging.MergeableEncoder``: ``blocks``, ``merge_settings``, ``num_tokens``) with
+    these switches."""
 
     def set_attention(self, mode: str) -> None:
         """"fused" (SDPA), "explicit" (the reference path, full attention map) or "flex"."""
 
-    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute attention / MLP in the backward pass (merging stays outside the recomputed parts)."""
 
 
@@ -109,7 +110,7 @@ class VideoQAModel(Protocol):
         """Initialise from a checkpoint of the family's pretraining / retrieval model (fine-tuning's start)."""
 
 
-INTERFACES = (MergeableEncoder, DualEncoder, FusionModel, VideoClassifier, ZeroShotClassifier, VideoQAModel)
+INTERFACES = (VideoEncoder, DualEncoder, FusionModel, VideoClassifier, ZeroShotClassifier, VideoQAModel)
 
-__all__ = ["DualEncoder", "FusionModel", "INTERFACES", "MergeableEncoder", "VideoClassifier", "VideoQAModel",
+__all__ = ["DualEncoder", "FusionModel", "INTERFACES", "VideoEncoder", "VideoClassifier", "VideoQAModel",
            "ZeroShotClassifier"]
