@@ -25,7 +25,7 @@ Usage::
     python benchmarks/gpu_suite.py --render gpu_suite.json --write BENCHMARKS.md # the section again, from the JSON
     python benchmarks/gpu_suite.py --dry-run                                     # every part at tiny sizes on CPU
 
-docs/gpu_suite.md gives the device-side install lines (wheels from scripts/gpu_wheels.sh).
+docs/gpu_suite.md gives the device-side install lines (wheels from tools/gpu_wheels.sh).
 """
 from __future__ import annotations
 

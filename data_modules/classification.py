@@ -9,16 +9,14 @@ The module exposes ``num_classes``, ``class_names``, ``num_views(stage)``, ``num
 """
 from __future__ import annotations
 
-import logging
-import random
 from functools import partial
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .annotations import AnnotationError, Duplicates, under_root
+from .base import VideoDataModule, init_args, listed, stage_key
 from .class_annotations import (
     LabelledVideos,
     read_class_folders,
@@ -31,23 +29,10 @@ from .class_annotations import (
     read_ucf101,
     resolve_labels,
 )
-from .retrieval import collate_skipping, epoch_length, trained_position
-from .sampling import ResumableDataLoader, ResumableSampler
-from .skips import RecordsSkips
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, VideoTrainTransform, normalize_uint8
+from .clips import Transform, sample_key, train_clip
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8
 from .video import OnCorrupt, VideoDecoder
 from .views import ClipProtocol, DenseClips, FrameRule, SegmentClips, resize_short_side, spatial_crop
-
-log = logging.getLogger(__name__)
-
-STAGES = {"fit": "fit", "train": "fit", "validate": "validate", "val": "validate", "validation": "validate",
-          "test": "test", "predict": "test"}
-
-
-def _stage(stage: str) -> str:
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
-    return STAGES[stage]
 
 
 class LabelledVideoDataset(Dataset):
@@ -57,21 +42,15 @@ class LabelledVideoDataset(Dataset):
     protocol's frames, short side resized to ``img_size``, temporal view ``view // num_crops``, crop
     ``view % num_crops``, normalised. Training (``mode`` "train"): item ``(i, seed)`` is one random clip of video
     ``i`` (frames from ``seed``), through ``train_transform`` (random resized crop, flip) with a generator seeded by
-    ``seed``. An unreadable video with ``skip_errors`` gives None (dropped by the collate function).
+    ``seed``. ``decoder``: the protocol's frames of ``mode`` (evaluation: short side resized as they are decoded).
+    An unreadable video with ``skip_errors`` gives None (dropped by the collate function).
     """
 
-    def __init__(self, split: LabelledVideos, protocol: ClipProtocol, mode: str, img_size: int,
-                 num_clips: int = 1, num_crops: int = 1, train_transform: VideoTrainTransform | None = None,
-                 skip_errors: bool = False, decode_threads: int = 0, on_corrupt: OnCorrupt = "error",
-                 skip_log: str | None = None, allow_images: bool = False) -> None:
-        self.split, self.protocol, self.mode, self.img_size = split, protocol, mode, img_size
+    def __init__(self, split: LabelledVideos, protocol: ClipProtocol, mode: str, img_size: int, decoder: VideoDecoder,
+                 num_clips: int = 1, num_crops: int = 1, train_transform: Transform | None = None) -> None:
+        self.split, self.protocol, self.mode, self.img_size, self.decoder = split, protocol, mode, img_size, decoder
         self.num_clips, self.num_crops = (num_clips, num_crops) if mode == "test" else (1, 1)
         self.train_transform = train_transform
-        self.decoder = VideoDecoder(num_frames=protocol.clip_len, sample=FrameRule(protocol, mode),
-                                    skip_errors=skip_errors, thread_count=decode_threads, on_corrupt=on_corrupt,
-                                    skip_log=skip_log, allow_images=allow_images,
-                                    # evaluation: the short-side resize, frame by frame as they are decoded
-                                    resize=None if mode == "train" else partial(resize_short_side, size=img_size))
         self._cached: tuple[int, torch.Tensor | None] | None = None
 
     @property
@@ -100,21 +79,17 @@ class LabelledVideoDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
         if self.mode == "train":
-            i, seed = key if isinstance(key, tuple) else (key, None)
-            clip = self.decoder(self.split.videos[i], rng=random.Random(seed))
-            if clip is None:
-                return None
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            video, view = self.train_transform(clip.frames, generator=generator), 0
+            i, seed = sample_key(key)
+            video, view = train_clip(self.decoder, self.train_transform, self.split.videos[i], seed), 0
         else:
             i, view = divmod(int(key), self.num_views)
             video = self.view(i, view)
-            if video is None:
-                return None
+        if video is None:
+            return None
         return {"video": video, "label": self.split.labels[i], "video_index": i, "view_index": view}
 
 
-class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
+class VideoClassificationDataModule(VideoDataModule):
     """Any labelled-video set, with VideoMAE's evaluation views.
 
     Args:
@@ -150,6 +125,7 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
     """
 
     title = "dataset"
+    annotation_options = ("train", "val", "test")
 
     def __init__(
         self,
@@ -189,7 +165,7 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
             video_root = under_root(data_root, video_root) if video_root else str(data_root)
             if isinstance(class_names, str):
                 class_names = under_root(data_root, class_names)
-        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.save_hyperparameters(init_args(locals()))
         if protocol not in ("dense", "segment"):
             raise ValueError(f"protocol must be 'dense' or 'segment', got {protocol!r}")
         if val_views not in ("single", "test"):
@@ -205,16 +181,9 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
         self._tables: dict[str, list] = {}
 
     # ------------------------------------------------------------------ annotations (presets override these two)
-    def annotation(self, stage: str) -> str | None:
-        """The annotation of a stage ("fit", "validate", "test")."""
-        h = self.hparams
-        return {"fit": h.train, "validate": h.val or h.test, "test": h.test}[_stage(stage)]
-
     def read_split(self, stage: str) -> LabelledVideos:
         """Read the annotation of a stage into paths and 0-based labels."""
-        spec = self.annotation(stage)
-        if spec is None:
-            raise ValueError(f"no annotation configured for stage {_stage(stage)!r}")
+        spec = self.annotation_file(stage)
         names = self.class_names_or_none()
         kind = self._format(spec)
         if kind == "folder":
@@ -278,7 +247,7 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
 
     def split(self, stage: str) -> LabelledVideos:
         """The (cached) split of a stage."""
-        key = _stage(stage)
+        key = stage_key(stage)
         if key not in self._splits:
             self._splits[key] = self.read_split(key)
         return self._splits[key]
@@ -300,7 +269,7 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
 
     def num_views(self, stage: str) -> int:
         """Views per video in the evaluation of ``stage`` ("validate" / "test"); 1 for training."""
-        key = _stage(stage)
+        key = stage_key(stage)
         if key == "test" or (key == "validate" and self.hparams.val_views == "test"):
             return self.hparams.test_clips * self.hparams.test_crops
         return 1
@@ -308,9 +277,8 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
     def num_videos(self, stage: str) -> int:
         return len(self.split(stage))
 
-    @property
-    def skip_errors(self) -> bool:
-        return bool(self.hparams.skip_errors)
+    def videos(self, stage: str) -> list[str]:
+        return self.split(stage).videos
 
     # ------------------------------------------------------------------ set-up
     def describe_source(self) -> str:
@@ -326,76 +294,29 @@ class VideoClassificationDataModule(RecordsSkips, pl.LightningDataModule):
                                             f"{self.describe_source()})")
                 continue
             if not Path(spec).exists():
-                raise FileNotFoundError(f"{self.title} {_stage(stage)} annotation not found: {spec} ({self.describe_source()})")
+                raise FileNotFoundError(f"{self.title} {stage_key(stage)} annotation not found: {spec} ({self.describe_source()})")
             if self._format(spec) != "folder" and self.hparams.video_root and not Path(self.hparams.video_root).is_dir():
                 raise FileNotFoundError(f"{self.title} video folder not found: {self.hparams.video_root} "
                                         f"({self.describe_source()})")
 
-    def check_videos(self, stage: str) -> None:
-        """Every video of the split must exist (a short error now, not a decode error mid-epoch); with skip_errors
-        the missing ones are logged and dropped when loaded."""
-        videos = self.split(stage).videos
-        missing = [v for v in videos if not Path(v).is_file()]
-        if not missing:
-            return
-        shown = ", ".join(missing[:3]) + (f", ... ({len(missing) - 3} more)" if len(missing) > 3 else "")
-        message = f"{len(missing)} of {len(videos)} {self.title} {_stage(stage)} videos not found: {shown}"
-        if self.hparams.skip_errors:
-            log.warning("%s (skip_errors: dropped when loaded)", message)
-            return
-        raise FileNotFoundError(f"{message} ({self.describe_source()})")
+    def missing_videos(self, stage: str, missing: list[str], total: int) -> tuple[str, str]:
+        return (f"{len(missing)} of {total} {self.title} {stage_key(stage)} videos not found: {listed(missing, 3)}",
+                self.describe_source())
 
-    def setup(self, stage: str) -> None:
-        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("test",)}[_stage(stage)]
-        self.check_paths(stages)
-        for s in stages:
-            if self.annotation(s) is not None:
-                self.check_videos(s)
-
-    # ------------------------------------------------------------------ loaders
+    # ------------------------------------------------------------------ datasets
     def dataset(self, stage: str) -> LabelledVideoDataset:
         """The dataset of a stage: "test" (multi-view), "validate" (single view or the test views), "fit"."""
-        key = _stage(stage)
+        key = stage_key(stage)
         h = self.hparams
-        common = {"img_size": h.img_size, "skip_errors": h.skip_errors, "decode_threads": h.decode_threads,
-                  "on_corrupt": h.on_corrupt, "skip_log": self.skip_log_path(), "allow_images": h.allow_images}
+        mode = "train" if key == "fit" else "test" if self.num_views(key) > 1 or key == "test" else "val"
+        decoder = self.decoder(self.protocol.clip_len, FrameRule(self.protocol, mode),
+                               None if mode == "train" else partial(resize_short_side, size=h.img_size),
+                               thread_count=h.decode_threads)
         if key == "fit":
-            transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
-            return LabelledVideoDataset(self.split(key), self.protocol, "train", train_transform=transform, **common)
-        mode = "test" if self.num_views(key) > 1 or key == "test" else "val"
-        return LabelledVideoDataset(self.split(key), self.protocol, mode, num_clips=h.test_clips,
-                                    num_crops=h.test_crops, **common)
-
-    def _eval_loader(self, stage: str) -> DataLoader:
-        return DataLoader(self.dataset(stage), batch_size=self.hparams.eval_batch_size,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_skipping)
-
-    def val_dataloader(self) -> DataLoader | list:
-        """The validation views; none (no validation) when neither val nor test is configured."""
-        return self._eval_loader("validate") if self.annotation("validate") is not None else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def train_dataloader(self) -> DataLoader:
-        """One random clip per video, in an order and with randomness fixed by (seed, epoch, index); resumes
-        mid-epoch where the trainer stopped (ResumableSampler, as the retrieval DataModule)."""
-        h = self.hparams
-        dataset = self.dataset("fit")
-        trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=h.seed, drop_last=True)
-        if trainer is not None:
-            epoch_len = epoch_length(trainer, len(sampler) // h.batch_size)
-
-            def position() -> tuple[int, int]:
-                epoch, done = trained_position(trainer, epoch_len)
-                return epoch, done * h.batch_size
-
-            sampler.position = position
-        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=True,
-                                   num_workers=h.num_workers, collate_fn=collate_skipping,
-                                   persistent_workers=h.num_workers > 0)
+            return LabelledVideoDataset(self.split(key), self.protocol, mode, h.img_size, decoder,
+                                        train_transform=self.transform(True))
+        return LabelledVideoDataset(self.split(key), self.protocol, mode, h.img_size, decoder,
+                                    num_clips=h.test_clips, num_crops=h.test_crops)
 
 
 # ---------------------------------------------------------------------- benchmark presets
@@ -497,7 +418,7 @@ class _OfficialSplits(VideoClassificationDataModule):
             self.hparams.class_names = under_root(root, self.hparams.class_names)
 
     def read_split(self, stage: str) -> LabelledVideos:
-        return self.reader(self.split_dir, self.hparams.video_root, self.split_number, _stage(stage) == "fit",
+        return self.reader(self.split_dir, self.hparams.video_root, self.split_number, stage_key(stage) == "fit",
                            allow_absolute_paths=self.hparams.allow_absolute_paths)[0]
 
     def read_class_names(self) -> list[str]:

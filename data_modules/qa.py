@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
-from vidtldr_pl.text import answer_texts, BertWordPieceTokenizer, clean_caption
+from vidtldr_pl.text import answer_texts, clean_caption
 
 from .annotations import AnnotationError, under_root, video_path
-from .retrieval import RetrievalVideoDataset, epoch_length, trained_position
-from .sampling import ResumableDataLoader, ResumableSampler
-from .skips import RecordsSkips
-from .transforms import VideoTestTransform, VideoTrainTransform, resize_uint8
+from .base import VideoDataModule, init_args, stage_key
+from .clips import ClipDataset, Transform, sample_key
 from .video import OnCorrupt, VideoDecoder
 
 
@@ -93,16 +89,17 @@ def video_paths(anns: list[dict], video_root: str, where: str = "", allow_absolu
             for i, a in enumerate(anns)]
 
 
-class QADataset(RetrievalVideoDataset):
-    """Question i: {"video", "question" (cleaned), "index", "answers", "weights"} (None when its video is skipped)."""
+class QADataset(ClipDataset):
+    """Question i: {"video", "question" (cleaned), "index", "answers", "weights"} (None when its video is skipped).
+    ``videos[i]``: the video of ``anns[i]``."""
 
-    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform, train: bool,
-                 allow_absolute_paths: bool = False, where: str = "") -> None:
-        super().__init__(video_paths(anns, video_root, where, allow_absolute_paths), decoder, transform, train)
+    def __init__(self, videos: list[str], anns: list[dict], decoder: VideoDecoder, transform: Transform,
+                 train: bool) -> None:
+        super().__init__(videos, decoder, transform, train)
         self.anns = anns
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        i, seed = key if isinstance(key, tuple) else (key, None)
+        i, seed = sample_key(key)
         video = self.load(i, seed)
         if video is None:
             return None
@@ -111,7 +108,7 @@ class QADataset(RetrievalVideoDataset):
                 "answers": answers, "weights": weights}
 
 
-class VideoQADataModule(RecordsSkips, pl.LightningDataModule):
+class VideoQADataModule(VideoDataModule):
     """Any video QA set in the UMT / VINDLU JSON layout.
 
     Args:
@@ -152,55 +149,29 @@ class VideoQADataModule(RecordsSkips, pl.LightningDataModule):
         allow_images: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.save_hyperparameters(init_args(locals()))
         self._anns: dict[str, list[dict]] = {}
         self._answer_list: list[str] | None = None
-        self._tokenizer: BertWordPieceTokenizer | None = None
 
     # ------------------------------------------------------------------ set-up
-    def _annotation(self, stage: str) -> str | None:
-        h = self.hparams
-        return {"fit": h.train_annotation, "validate": h.val_annotation or h.test_annotation,
-                "test": h.test_annotation}[stage]
-
     def describe_source(self) -> str:
         return "point video_root / *_annotation / answer_list at your copy of the data"
 
-    def check_paths(self, stages: tuple[str, ...]) -> None:
-        """Fail early with one short line when data is missing."""
+    def required_files(self, stages: tuple[str, ...]) -> list[str]:
+        return [*super().required_files(stages), self.hparams.answer_list]
+
+    def check_stage(self, stage: str) -> None:
+        """Malformed entries and paths outside video_root: one line now, before any decoding."""
+        self.videos(stage)
+
+    def videos(self, stage: str) -> list[str]:
         h = self.hparams
-        if not Path(h.video_root).is_dir():
-            raise FileNotFoundError(f"video root not found: {h.video_root} ({self.describe_source()})")
-        files = [self._annotation(s) for s in stages] + [h.answer_list]
-        for f in files:
-            if f is not None and not Path(f).is_file():
-                raise FileNotFoundError(f"annotation file not found: {f} ({self.describe_source()})")
-
-    def setup(self, stage: str) -> None:
-        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("test",), "predict": ("test",)}[stage]
-        self.check_paths(stages)
-        for s in stages:  # malformed entries and paths outside video_root: one line now, before any decoding
-            if self._annotation(s) is not None:
-                self._dataset_paths(s)
-
-    @property
-    def tokenizer(self) -> BertWordPieceTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer,
-                                                                     flavor=self.hparams.tokenizer_flavor)
-        return self._tokenizer
-
-    def _dataset_paths(self, stage: str) -> list[str]:
-        h = self.hparams
-        return video_paths(self.annotations(stage), h.video_root, str(self._annotation(stage)), h.allow_absolute_paths)
+        return video_paths(self.annotations(stage), h.video_root, str(self.annotation(stage)), h.allow_absolute_paths)
 
     def annotations(self, stage: str) -> list[dict]:
-        key = "validate" if stage in ("validate", "val") else stage
+        key = stage_key(stage)
         if key not in self._anns:
-            path = self._annotation(key)
-            if path is None:
-                raise ValueError(f"no annotation file configured for stage {key!r}")
-            self._anns[key] = read_qa_annotations(path, train=key == "fit")
+            self._anns[key] = read_qa_annotations(self.annotation_file(key), train=key == "fit")
         return self._anns[key]
 
     # ------------------------------------------------------------------ QAEvalData
@@ -214,14 +185,10 @@ class VideoQADataModule(RecordsSkips, pl.LightningDataModule):
         """The answer list tokenized as official: ``answer [SEP]``, (A, max_a_len)."""
         return self.tokenizer(answer_texts(self.answer_list), max_length=self.hparams.max_a_len)
 
-    def _eval_stage(self) -> str:
-        trainer = getattr(self, "trainer", None)
-        return "test" if trainer is not None and trainer.testing else "validate"
-
     def eval_annotations(self, stage: str | None = None) -> list[dict]:
         return self.annotations(stage or self._eval_stage())
 
-    # ------------------------------------------------------------------ loaders
+    # ------------------------------------------------------------------ datasets
     def collate(self, items: list[dict | None]) -> dict | None:
         items = [it for it in items if it is not None]
         if not items:
@@ -236,45 +203,11 @@ class VideoQADataModule(RecordsSkips, pl.LightningDataModule):
                 "answer_counts": torch.tensor([len(it["answers"]) for it in items]),
                 "answer_weights": torch.tensor([w for it in items for w in it["weights"]])}
 
-    def _decoder(self, train: bool) -> VideoDecoder:
-        h = self.hparams
-        return VideoDecoder(num_frames=h.num_frames, sample=h.sample_train if train else h.sample_test,
-                            skip_errors=h.skip_errors, on_corrupt=h.on_corrupt, skip_log=self.skip_log_path(),
-                            allow_images=h.allow_images, resize=None if train else partial(resize_uint8, size=h.img_size))
-
-    def _eval_loader(self, stage: str) -> DataLoader:
-        h = self.hparams
-        dataset = QADataset(self.annotations(stage), h.video_root, self._decoder(False), VideoTestTransform(h.img_size),
-                            train=False, allow_absolute_paths=h.allow_absolute_paths, where=str(self._annotation(stage)))
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers,
-                          collate_fn=self.collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled questions; order and per-sample randomness fixed by (seed, epoch, index) (exact resume)."""
-        h = self.hparams
-        transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
-        dataset = QADataset(self.annotations("fit"), h.video_root, self._decoder(True), transform, train=True,
-                            allow_absolute_paths=h.allow_absolute_paths, where=str(self._annotation("fit")))
-        trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=h.seed, drop_last=True)
-        if trainer is not None:
-            epoch_len = epoch_length(trainer, len(sampler) // h.batch_size)
-
-            def position() -> tuple[int, int]:
-                epoch, done = trained_position(trainer, epoch_len)
-                return epoch, done * h.batch_size
-
-            sampler.position = position
-        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, drop_last=True,
-                                   num_workers=h.num_workers, collate_fn=self.collate,
-                                   persistent_workers=h.num_workers > 0)
+    def dataset(self, stage: str) -> QADataset:
+        """The questions of a stage ("fit": shuffled by the resumable training loader)."""
+        train = stage_key(stage) == "fit"
+        return QADataset(self.videos(stage), self.annotations(stage), self.clip_decoder(train), self.transform(train),
+                         train)
 
 
 # (test stem, val stem or None, train stem, answer-list stem); file names of the UMT / VINDLU releases
@@ -347,10 +280,11 @@ def read_mc_annotations(path: str | Path, num_options: int = 5) -> list[dict[str
     return out
 
 
-class MCDataset(RetrievalVideoDataset):
-    def __init__(self, anns: list[dict], video_root: str, decoder: VideoDecoder, transform,
-                 allow_absolute_paths: bool = False, where: str = "") -> None:
-        super().__init__(video_paths(anns, video_root, where, allow_absolute_paths), decoder, transform, False)
+class MCDataset(ClipDataset):
+    """Entry i: {"video", "captions" (cleaned), "index", "answer"} (None when its video is skipped)."""
+
+    def __init__(self, videos: list[str], anns: list[dict], decoder: VideoDecoder, transform: Transform) -> None:
+        super().__init__(videos, decoder, transform, False)
         self.anns = anns
 
     def __getitem__(self, i: int) -> dict | None:
@@ -361,7 +295,7 @@ class MCDataset(RetrievalVideoDataset):
                 "answer": self.anns[i]["answer"]}
 
 
-class MultipleChoiceDataModule(RecordsSkips, pl.LightningDataModule):
+class MultipleChoiceDataModule(VideoDataModule):
     """Video multiple choice (MSRVTT-MC layout): evaluation only.
 
     Args: test_annotation (MC JSON), video_root, tokenizer / tokenizer_flavor, max_txt_len (official 32),
@@ -375,27 +309,25 @@ class MultipleChoiceDataModule(RecordsSkips, pl.LightningDataModule):
                  skip_errors: bool = False, on_corrupt: OnCorrupt = "error", allow_absolute_paths: bool = False,
                  allow_images: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.save_hyperparameters(init_args(locals()))
         self._anns: list[dict] | None = None
-        self._tokenizer: BertWordPieceTokenizer | None = None
+
+    train_dataloader = pl.LightningDataModule.train_dataloader  # evaluation only: no training loader
 
     def describe_source(self) -> str:
         return "point video_root / test_annotation at your copy of the data"
 
-    def setup(self, stage: str) -> None:
-        h = self.hparams
-        if not Path(h.video_root).is_dir():
-            raise FileNotFoundError(f"video root not found: {h.video_root} ({self.describe_source()})")
-        if not Path(h.test_annotation).is_file():
-            raise FileNotFoundError(f"annotation file not found: {h.test_annotation} ({self.describe_source()})")
-        video_paths(self.eval_annotations(), h.video_root, str(h.test_annotation), h.allow_absolute_paths)
+    def annotation(self, stage: str) -> str | None:
+        """Every stage reads the test annotation."""
+        return self.hparams.test_annotation
 
-    @property
-    def tokenizer(self) -> BertWordPieceTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer,
-                                                                     flavor=self.hparams.tokenizer_flavor)
-        return self._tokenizer
+    def check_stage(self, stage: str) -> None:
+        """Malformed entries and paths outside video_root: one line now, before any decoding."""
+        self.videos(stage)
+
+    def videos(self, stage: str) -> list[str]:
+        h = self.hparams
+        return video_paths(self.eval_annotations(), h.video_root, str(h.test_annotation), h.allow_absolute_paths)
 
     def eval_annotations(self, stage: str | None = None) -> list[dict]:
         if self._anns is None:
@@ -414,20 +346,8 @@ class MultipleChoiceDataModule(RecordsSkips, pl.LightningDataModule):
                 "answer": torch.tensor([it["answer"] for it in items]),
                 "index": torch.tensor([it["index"] for it in items])}
 
-    def _loader(self) -> DataLoader:
-        h = self.hparams
-        dataset = MCDataset(self.eval_annotations(), h.video_root,
-                            VideoDecoder(num_frames=h.num_frames, sample=h.sample_test, skip_errors=h.skip_errors,
-                                         on_corrupt=h.on_corrupt, skip_log=self.skip_log_path(),
-                                         allow_images=h.allow_images, resize=partial(resize_uint8, size=h.img_size)),
-                            VideoTestTransform(h.img_size), h.allow_absolute_paths, str(h.test_annotation))
-        return DataLoader(dataset, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=self.collate)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
+    def dataset(self, stage: str) -> MCDataset:
+        return MCDataset(self.videos(stage), self.eval_annotations(), self.clip_decoder(False), self.transform(False))
 
 
 class MSRVTTMCDataModule(MultipleChoiceDataModule):

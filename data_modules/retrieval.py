@@ -6,57 +6,23 @@ the split (``eval_texts``) and the ground truth (``txt2vid``, ``vid2txt``, ``num
 """
 from __future__ import annotations
 
-import logging
-import random
-from functools import partial
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
-
-from vidtldr_pl.text import BertWordPieceTokenizer
 
 from .annotations import Duplicates, RetrievalIndex, build_index, read_annotations, under_root
-from .generated import GeneratedOnFirstUse, stage_splits
-from .sampling import ResumableDataLoader, ResumableSampler
-from .skips import RecordsSkips
-from .transforms import VideoTestTransform, VideoTrainTransform, resize_uint8
+from .base import VideoDataModule, init_args, stage_key
+from .clips import ClipDataset, Transform, sample_key
+from .generated import GeneratedOnFirstUse
+from .synthetic import SyntheticConfig, ensure_dataset
 from .video import OnCorrupt, VideoDecoder
 
-log = logging.getLogger(__name__)
 
-
-class RetrievalVideoDataset(Dataset):
-    """Decodes video i of an index: {"video": (T, 3, H, W), "video_index": i} (None when skipped)."""
-
-    def __init__(self, videos: list[str], decoder: VideoDecoder, transform, train: bool = False) -> None:
-        self.videos, self.decoder, self.transform, self.train = videos, decoder, transform, train
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def load(self, i: int, seed: int | None = None) -> torch.Tensor | None:
-        """Video i; training randomness (frames, crop, flip) from ``seed`` (unseeded when None)."""
-        if not self.train:
-            clip = self.decoder(self.videos[i])
-            return None if clip is None else self.transform(clip.frames)
-        clip = self.decoder(self.videos[i], rng=random.Random(seed))
-        if clip is None:
-            return None
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        return self.transform(clip.frames, generator=generator)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        i, seed = key if isinstance(key, tuple) else (key, None)
-        video = self.load(i, seed)
-        return None if video is None else {"video": video, "video_index": i}
-
-
-class RetrievalTrainDataset(RetrievalVideoDataset):
+class RetrievalTrainDataset(ClipDataset):
     """One sample per caption: video, its caption tokens and the video index (for VTM hard negatives)."""
 
-    def __init__(self, index: RetrievalIndex, decoder: VideoDecoder, transform, tokens: dict[str, torch.Tensor]) -> None:
+    def __init__(self, index: RetrievalIndex, decoder: VideoDecoder, transform: Transform,
+                 tokens: dict[str, torch.Tensor]) -> None:
         super().__init__(index.videos, decoder, transform, train=True)
         self.txt2vid = [t if isinstance(t, int) else t[0] for t in index.txt2vid]
         self.tokens = tokens
@@ -66,7 +32,7 @@ class RetrievalTrainDataset(RetrievalVideoDataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
         """Caption t (an index, or ``(index, seed)`` from ResumableSampler)."""
-        t, seed = key if isinstance(key, tuple) else (key, None)
+        t, seed = sample_key(key)
         v = self.txt2vid[t]
         video = self.load(v, seed)
         if video is None:
@@ -75,13 +41,7 @@ class RetrievalTrainDataset(RetrievalVideoDataset):
                 "attention_mask": self.tokens["attention_mask"][t]}
 
 
-def collate_skipping(batch: list[dict | None]) -> dict | None:
-    """default_collate without the samples a skip policy dropped (None)."""
-    kept = [b for b in batch if b is not None]
-    return default_collate(kept) if kept else None
-
-
-class VideoTextRetrievalDataModule(RecordsSkips, pl.LightningDataModule):
+class VideoTextRetrievalDataModule(VideoDataModule):
     """Any video-text retrieval set: an annotation file (JSON / JSONL / CSV / parquet / hf://name) + a video root.
 
     Args:
@@ -137,78 +97,27 @@ class VideoTextRetrievalDataModule(RecordsSkips, pl.LightningDataModule):
         allow_images: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        self.save_hyperparameters(init_args(locals()))
         self.indices: dict[str, RetrievalIndex] = {}
-        self._tokenizer: BertWordPieceTokenizer | None = None
 
     # ------------------------------------------------------------------ set-up
-    def _annotation(self, stage: str) -> str | None:
-        h = self.hparams
-        return {"fit": h.train_annotation, "validate": h.val_annotation or h.test_annotation, "test": h.test_annotation}[stage]
-
-    def check_paths(self, stages: tuple[str, ...] = ("test",)) -> None:
-        """Fail early with a short message when the data is missing."""
-        root = Path(self.hparams.video_root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"video root not found: {root} ({self.describe_source()})")
-        for stage in stages:
-            ann = self._annotation(stage)
-            if ann is not None and not str(ann).startswith("hf://") and not Path(ann).is_file():
-                raise FileNotFoundError(f"annotation file not found: {ann} ({self.describe_source()})")
-
-    def describe_source(self) -> str:
-        return "point video_root / *_annotation at your copy of the data"
-
-    @property
-    def tokenizer(self) -> BertWordPieceTokenizer:
-        if self._tokenizer is None and self.hparams.tokenizer == "clip":  # CLIP's BPE (ViFi-CLIP; the vificlip extra)
-            from vidtldr_pl.text.clip_tokenizer import CLIPTokenizer
-
-            self._tokenizer = CLIPTokenizer()
-        if self._tokenizer is None:
-            self._tokenizer = BertWordPieceTokenizer.from_pretrained(self.hparams.tokenizer, flavor=self.hparams.tokenizer_flavor)
-        return self._tokenizer
+    def required_files(self, stages: tuple[str, ...]) -> list[str]:
+        return [a for a in super().required_files(stages) if not str(a).startswith("hf://")]  # hub: read at setup
 
     def index(self, stage: str) -> RetrievalIndex:
         """The (cached) index of a stage: "fit", "validate" or "test"."""
-        key = "validate" if stage in ("validate", "val") else stage
+        key = stage_key(stage)
         if key not in self.indices:
-            ann = self._annotation(key)
-            if ann is None:
-                raise ValueError(f"no annotation file configured for stage {key!r}")
             h = self.hparams
-            entries = read_annotations(ann, h.video_key, h.caption_key, duplicates=h.duplicates)
+            entries = read_annotations(self.annotation_file(key), h.video_key, h.caption_key, duplicates=h.duplicates)
             self.indices[key] = build_index(entries, h.video_root, h.paragraph, h.has_multi_vision_gt,
                                             allow_absolute_paths=h.allow_absolute_paths)
         return self.indices[key]
 
-    def setup(self, stage: str) -> None:
-        stages = {"fit": ("fit", "validate"), "validate": ("validate",), "test": ("test",), "predict": ("test",)}[stage]
-        self.check_paths(stages)
-        for s in stages:
-            if self._annotation(s) is not None:
-                self.check_videos(s)
-
-    def check_videos(self, stage: str) -> None:
-        """Every video of the stage's annotation must exist: a short error now instead of a decode error in the
-        middle of an epoch. With skip_errors the missing ones are logged (and dropped when they are loaded)."""
-        videos = self.index(stage).videos
-        missing = [v for v in videos if not Path(v).is_file()]
-        if not missing:
-            return
-        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
-        message = (f"{len(missing)} of {len(videos)} video files of the {stage} annotation not found under "
-                   f"{self.hparams.video_root}: {shown}")
-        if self.hparams.skip_errors:
-            log.warning("%s (skip_errors: dropped when loaded)", message)
-            return
-        raise FileNotFoundError(f"{message} (check video_root and the annotation's video paths)")
+    def videos(self, stage: str) -> list[str]:
+        return self.index(stage).videos
 
     # ------------------------------------------------------------------ evaluation contract
-    def _eval_stage(self) -> str:
-        trainer = getattr(self, "trainer", None)
-        return "test" if trainer is not None and trainer.testing else "validate"
-
     def eval_texts(self, stage: str | None = None) -> dict[str, torch.Tensor]:
         """All captions of the evaluation split, tokenized: input_ids / attention_mask (Nt, L)."""
         return self.tokenizer(self.index(stage or self._eval_stage()).texts, max_length=self.hparams.max_txt_len)
@@ -225,70 +134,16 @@ class VideoTextRetrievalDataModule(RecordsSkips, pl.LightningDataModule):
     def num_videos(self) -> int:
         return len(self.index(self._eval_stage()).videos)
 
-    # ------------------------------------------------------------------ loaders
-    def _decoder(self, train: bool) -> VideoDecoder:
-        h = self.hparams
-        return VideoDecoder(num_frames=h.num_frames, sample=h.sample_train if train else h.sample_test,
-                            trimmed30=h.trimmed30, skip_errors=h.skip_errors, on_corrupt=h.on_corrupt,
-                            skip_log=self.skip_log_path(), allow_images=h.allow_images,
-                            # evaluation: the test transform's resize, frame by frame as they are decoded
-                            resize=None if train else partial(resize_uint8, size=h.img_size))
-
-    def _eval_loader(self, stage: str) -> DataLoader:
-        dataset = RetrievalVideoDataset(self.index(stage).videos, self._decoder(False), VideoTestTransform(self.hparams.img_size))
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers,
-                          collate_fn=collate_skipping)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def train_dataloader(self) -> DataLoader:
-        """One sample per caption, in an order and with randomness fixed by (seed, epoch, index): ResumableSampler
-        (this process's share under DDP). When the trainer resumes mid-epoch, the samples already trained on are
-        skipped, so the run continues exactly where it stopped."""
-        index = self.index("fit")
+    # ------------------------------------------------------------------ datasets
+    def dataset(self, stage: str) -> ClipDataset:
+        """Evaluation: every video of the split, once. "fit": one sample per caption (the captions tokenized)."""
+        index = self.index(stage)
+        if stage_key(stage) != "fit":
+            return ClipDataset(index.videos, self.clip_decoder(False, trimmed30=self.hparams.trimmed30),
+                               self.transform(False))
         tokens = self.tokenizer(index.texts, max_length=self.hparams.max_txt_len)
-        h = self.hparams
-        transform = VideoTrainTransform(h.img_size, scale=tuple(h.train_crop_scale), flip_p=h.train_flip_p)
-        dataset = RetrievalTrainDataset(index, self._decoder(True), transform, tokens)
-        trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=h.seed, drop_last=True)
-        if trainer is not None:
-            epoch_len = epoch_length(trainer, len(sampler) // h.batch_size)
-
-            def position() -> tuple[int, int]:  # read when each pass starts: resumes at the right epoch and sample
-                epoch, done = trained_position(trainer, epoch_len)
-                return epoch, done * h.batch_size
-
-            sampler.position = position
-        return ResumableDataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_skipping,
-                          persistent_workers=self.hparams.num_workers > 0)
-
-
-def epoch_length(trainer: pl.Trainer, batches: int) -> int:
-    """Training batches per epoch under ``limit_train_batches`` (an int caps, a float is a fraction)."""
-    limit = trainer.limit_train_batches
-    if limit is None:
-        return batches
-    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-
-
-def trained_position(trainer: pl.Trainer, epoch_len: int) -> tuple[int, int]:
-    """(epoch, batches of it already trained) where the next training batch comes from.
-
-    Derived from the count of all training batches processed (restored with a checkpoint), not from Lightning's
-    epoch counters: a checkpoint written after an epoch's last batch or after its validation does not count that
-    epoch as finished when the loader is built, and a ``max_steps`` run restarted there can pass ``set_epoch`` an
-    epoch ahead of ``current_epoch``. Every epoch has ``epoch_len`` batches (drop_last)."""
-    total = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
-    if epoch_len <= 0:
-        return trainer.current_epoch, 0
-    return divmod(total, epoch_len)
+        return RetrievalTrainDataset(index, self.clip_decoder(True, trimmed30=self.hparams.trimmed30),
+                                     self.transform(True), tokens)
 
 
 # ---------------------------------------------------------------------- benchmark presets
@@ -402,7 +257,8 @@ class SyntheticRetrievalDataModule(GeneratedOnFirstUse, VideoTextRetrievalDataMo
     ) -> None:
         if tokenizer not in ("synthetic", "clip"):
             raise ValueError(f"tokenizer must be 'synthetic' or 'clip', got {tokenizer!r}")
-        self.synthetic = (cache_dir, seed, {"train": num_train, "val": num_val, "test": num_test}, clip_frames, clip_size)
+        self.cache_dir, self.clip_config = cache_dir, SyntheticConfig(seed=seed, frames=clip_frames, size=clip_size)
+        self.generated_sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.synthetic_tokenizer = tokenizer == "synthetic"
         root = Path(cache_dir) / "pending"
         super().__init__(
@@ -413,18 +269,10 @@ class SyntheticRetrievalDataModule(GeneratedOnFirstUse, VideoTextRetrievalDataMo
             num_frames=num_frames, img_size=img_size, seed=seed, **kwargs,
         )
 
-    def _resolve(self, stages: tuple[str, ...]) -> None:
-        """Generate the splits these stages read (once, into cache_dir) and point the annotations at them."""
-        from .synthetic import SyntheticConfig, ensure_dataset
+    def generate(self, sizes: dict[str, int]) -> Path:
+        return ensure_dataset(self.cache_dir, self.clip_config, sizes)
 
-        cache_dir, seed, sizes, frames, size = self.synthetic
-        splits = stage_splits(stages)
-        wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
-        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), wanted)
-        h = self.hparams
-        for split, attr in (("train", "train_annotation"), ("val", "val_annotation"), ("test", "test_annotation")):
-            if split in splits:
-                setattr(h, attr, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)
-        h.video_root = str(out / "videos")
+    def use(self, folder: Path) -> None:
+        super().use(folder)
         if self.synthetic_tokenizer:
-            h.tokenizer = str(out / "tokenizer")
+            self.hparams.tokenizer = str(folder / "tokenizer")

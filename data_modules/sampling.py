@@ -10,9 +10,12 @@ resumed run continues at the right epoch and sample whatever epoch number Lightn
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -65,3 +68,37 @@ class ResumableDataLoader(DataLoader):
         if state.get("seed", self.sampler.seed) != self.sampler.seed:
             raise ValueError(f"the checkpoint was trained with data seed {state['seed']}, this run uses "
                              f"{self.sampler.seed}: resume with the same seed (data.init_args.seed)")
+
+
+def epoch_length(trainer: pl.Trainer, batches: int) -> int:
+    """Training batches per epoch under ``limit_train_batches`` (an int caps, a float is a fraction)."""
+    limit = trainer.limit_train_batches
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
+def trained_position(trainer: pl.Trainer, epoch_len: int) -> tuple[int, int]:
+    """(epoch, batches of it already trained) where the next training batch comes from.
+
+    Derived from the count of all training batches processed (restored with a checkpoint), not from Lightning's
+    epoch counters: a checkpoint written after an epoch's last batch or after its validation does not count that
+    epoch as finished when the loader is built, and a ``max_steps`` run restarted there can pass ``set_epoch`` an
+    epoch ahead of ``current_epoch``. Every epoch has ``epoch_len`` batches (drop_last)."""
+    total = int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+    if epoch_len <= 0:
+        return trainer.current_epoch, 0
+    return divmod(total, epoch_len)
+
+
+def trainer_position(trainer: pl.Trainer, batches: int, batch_size: int) -> Callable[[], tuple[int, int]]:
+    """``ResumableSampler.position`` under ``trainer``: (epoch, samples of it already trained), read when each pass
+    starts, so a resumed run continues at the right epoch and sample. ``batches``: full batches of this process's
+    share of the data per epoch (before ``limit_train_batches``)."""
+    epoch_len = epoch_length(trainer, batches)
+
+    def position() -> tuple[int, int]:
+        epoch, done = trained_position(trainer, epoch_len)
+        return epoch, done * batch_size
+
+    return position

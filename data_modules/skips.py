@@ -1,8 +1,9 @@
 """Which videos an evaluation skipped (``skip_errors``), across DataLoader worker processes.
 
 The decoders of every worker append one JSON line per skipped video to a small file the DataModule owns
-(:class:`SkipLog`; an append of one short line is a single ``write``); the DataModule's ``take_skipped()`` reads and
-clears it after each evaluation, so the results can name the videos (``vidtldr_pl.compare``)."""
+(:class:`SkipLog`; an append of one short line is a single ``write``); the DataModule's ``take_skipped()``
+(``data_modules.base.VideoDataModule``) reads and clears it after each evaluation, so the results can name the
+videos (``vidtldr_pl.compare``)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import os
 import tempfile
 import weakref
 
-__all__ = ["RecordsSkips", "SkipLog", "record_skip"]
+__all__ = ["SkipLog", "record_skip"]
 
 
 def record_skip(log_path: str, video: str, reason: str) -> None:
@@ -53,20 +54,3 @@ class SkipLog:
             seen.setdefault(str(item.get("video")), str(item.get("reason", "")))
         return [{"video": v, "reason": r} for v, r in seen.items()]
 
-
-class RecordsSkips:
-    """Mixin for a DataModule with a ``skip_errors`` hyperparameter: ``skip_log_path()`` for its decoders (None
-    without skip_errors) and ``take_skipped()`` for the evaluation's report."""
-
-    _skip_log: SkipLog | None = None
-
-    def skip_log_path(self) -> str | None:
-        if not getattr(self.hparams, "skip_errors", False):
-            return None
-        if self._skip_log is None:
-            self._skip_log = SkipLog()
-        return self._skip_log.path
-
-    def take_skipped(self) -> list[dict[str, str]]:
-        """``[{"video": path, "reason": why}]`` skipped since the last call (this process's loaders)."""
-        return self._skip_log.take() if self._skip_log is not None else []

@@ -30,13 +30,19 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 @dataclass(frozen=True)
-class SyntheticConfig:
-    """seed: everything derives from it. frames / size / fps of the written clips; max_objects named per clip."""
+class ClipConfig:
+    """seed: everything derives from it. frames / size / fps of the written clips."""
 
     seed: int = 0
     frames: int = 16
     size: int = 128
     fps: int = 8
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(ClipConfig):
+    """As ClipConfig; max_objects named per clip; distractors: grey discs."""
+
     max_objects: int = 2
     distractors: int = 3
 
@@ -128,22 +134,30 @@ class Scene:
             frame[shape_mask("circle", yy, xx, cy % s, cx % s, radius)] = grey
         return frame
 
+    def render(self, frames: int, paint: Callable[[np.ndarray, int, np.ndarray, np.ndarray], None]) -> np.ndarray:
+        """(frames, size, size, 3) uint8: each frame f of the scene, ``paint(frame, f, yy, xx)`` drawing the
+        foreground on it in place, then clipped to 0-255."""
+        yy, xx = self.grid()
+        video = np.empty((frames, self.size, self.size, 3), dtype=np.uint8)
+        for f in range(frames):
+            frame = self.frame(f, yy, xx)
+            paint(frame, f, yy, xx)
+            video[f] = np.clip(frame, 0, 255).astype(np.uint8)
+        return video
+
 
 def render_clip(rng: np.random.Generator, objects: list[ObjectSpec], cfg: SyntheticConfig) -> np.ndarray:
     """(frames, size, size, 3) uint8: drifting textured background, grey distractors, then the named objects."""
     s, t = cfg.size, cfg.frames
-    scene = Scene.sample(rng, s, cfg.distractors)
-    yy, xx = scene.grid()
-    video = np.empty((t, s, s, 3), dtype=np.uint8)
-    for f in range(t):
-        frame = scene.frame(f, yy, xx)
+
+    def paint(frame: np.ndarray, f: int, yy: np.ndarray, xx: np.ndarray) -> None:
         for o in objects:
             dx, dy = MOTIONS[o.motion]
             travel = 0.6 * f / max(t - 1, 1)
             cy, cx = (o.start[0] + dy * travel) * s, (o.start[1] + dx * travel) * s
             frame[shape_mask(o.shape, yy, xx, cy, cx, SIZES[o.size] * s)] = COLOURS[o.colour]
-        video[f] = np.clip(frame, 0, 255).astype(np.uint8)
-    return video
+
+    return Scene.sample(rng, s, cfg.distractors).render(t, paint)
 
 
 def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
@@ -178,27 +192,39 @@ def write_json(path: Path, value: object) -> None:
     os.replace(tmp, path)
 
 
-def generate_split(root: str | Path, split: str, num_videos: int, cfg: SyntheticConfig, ann_name: str | None = None) -> Path:
-    """Write <root>/videos/<split>_<i>.mp4 and <root>/anno/<split>.json (UMT format); returns the JSON path.
-
-    Clip i of a split depends only on (seed, split, i): clips already on disk are kept (files are written to a
-    temporary name and renamed, so a present file is complete), and a larger split extends a smaller one.
-    """
+def write_split(root: str | Path, split: str, num_videos: int, fps: int, what: str,
+                clip: Callable[[int], tuple[Callable[[], np.ndarray], dict]], ann_name: str | None = None) -> Path:
+    """Write <root>/videos/<split>_<i>.mp4 for i < num_videos and the annotation <root>/anno/<ann_name or
+    split.json>: a JSON list of ``{"video": <file name>, **entry}``, where ``clip(i) -> (render, entry)`` and
+    ``render() -> (T, H, W, 3) uint8`` is called only for a clip not on disk yet. ``what`` names the progress line."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     (root / "anno").mkdir(exist_ok=True)
     entries = []
-    for i in track(range(num_videos), f"generating synthetic {split} split", unit="clips"):
-        rng = np.random.default_rng([cfg.seed, SPLITS[split], i])
-        objects, caption = sample_clip(rng, cfg)
+    for i in track(range(num_videos), f"generating {what} {split} split", unit="clips"):
         name = f"{split}_{i:05d}.mp4"
-        write_new_clip(root / "videos" / name, lambda: render_clip(rng, objects, cfg), cfg.fps)
-        entries.append({"video": name, "caption": caption, "objects": [asdict(o) for o in objects]})
+        render, entry = clip(i)
+        write_new_clip(root / "videos" / name, render, fps)
+        entries.append({"video": name, **entry})
     ann = root / "anno" / (ann_name or f"{split}.json")
     write_json(ann, entries)
     return ann
+
+
+def generate_split(root: str | Path, split: str, num_videos: int, cfg: SyntheticConfig, ann_name: str | None = None) -> Path:
+    """Write <root>/videos/<split>_<i>.mp4 and <root>/anno/<split>.json (UMT format); returns the JSON path.
+
+    Clip i of a split depends only on (seed, split, i): clips already on disk are kept (files are written to a
+    temporary name and renamed, so a present file is complete), and a larger split extends a smaller one.
+    """
+    def clip(i: int) -> tuple[Callable[[], np.ndarray], dict]:
+        rng = np.random.default_rng([cfg.seed, SPLITS[split], i])
+        objects, caption = sample_clip(rng, cfg)
+        return lambda: render_clip(rng, objects, cfg), {"caption": caption, "objects": [asdict(o) for o in objects]}
+
+    return write_split(root, split, num_videos, cfg.fps, "synthetic", clip, ann_name)
 
 
 def vocabulary() -> list[str]:

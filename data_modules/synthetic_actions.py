@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vidtldr_pl.progress import track
-
 from .classification import VideoClassificationDataModule
-from .generated import GeneratedOnFirstUse, stage_splits
-from .synthetic import COLOURS, MOTIONS, SIZES, SPLITS, Scene, shape_mask, write_json, write_new_clip
+from .generated import GeneratedOnFirstUse
+from .synthetic import COLOURS, MOTIONS, SIZES, SPLITS, ClipConfig, Scene, shape_mask, write_json, write_split
 
 ACTION_SHAPES = ("circle", "square", "triangle")
 # class names, in label order
@@ -34,15 +32,10 @@ STREAM = 1  # separates the action set's random streams from the retrieval set's
 
 
 @dataclass(frozen=True)
-class ActionConfig:
-    """seed: everything derives from it. frames / size / fps of the written clips; distractors: grey discs (they
-    wander); background_drift: px per frame the texture may move (0: still, so what moves is the actor and the
-    distractors)."""
+class ActionConfig(ClipConfig):
+    """As ClipConfig (seed, frames / size / fps of the written clips); distractors: grey discs (they wander);
+    background_drift: px per frame the texture may move (0: still, so what moves is the actor and the distractors)."""
 
-    seed: int = 0
-    frames: int = 16
-    size: int = 128
-    fps: int = 8
     distractors: int = 3
     background_drift: float = 0.0
 
@@ -77,8 +70,12 @@ class Actor:
         return y + dy * 0.6 * (u - 0.5), x + dx * 0.6 * (u - 0.5)
 
 
-def place_actor(rng: np.random.Generator, shape: str, motion: str, colour: str, size: str) -> Actor:
-    """The actor's path drawn from ``rng``: it crosses the frame through its middle, anywhere across it."""
+def place_actor(rng: np.random.Generator, shape: str, motion: str | None = None, colour: str | None = None) -> Actor:
+    """An actor of ``shape``; drawn from ``rng``, in this order: the ``motion`` and ``colour`` not given, its size,
+    and its path (it crosses the frame through its middle, anywhere across it)."""
+    motion = motion or list(MOTIONS)[int(rng.integers(len(MOTIONS)))]
+    colour = colour or list(COLOURS)[int(rng.integers(len(COLOURS)))]
+    size = list(SIZES)[int(rng.integers(len(SIZES)))]
     dx, dy = MOTIONS[motion]
     along, across = 0.5 + rng.uniform(-0.05, 0.05), rng.uniform(0.2, 0.8)
     centre = (along, across) if dy else (across, along)
@@ -90,9 +87,7 @@ def sample_actor(rng: np.random.Generator, action: str) -> Actor:
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; choose one of {list(ACTIONS)}")
     shape, motion = action.split(" moving ")
-    colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
-    size = list(SIZES)[int(rng.integers(len(SIZES)))]
-    return place_actor(rng, shape, motion, colour, size)
+    return place_actor(rng, shape, motion=motion)
 
 
 @dataclass(frozen=True)
@@ -116,15 +111,12 @@ ACTION_KIND = ClassKind("action", "actions", ACTIONS, sample_actor, STREAM, flip
 def render_action_clip(rng: np.random.Generator, actor: Actor, cfg: ActionConfig) -> np.ndarray:
     """(frames, size, size, 3) uint8: the synthetic scene, then the actor at its place in each frame."""
     s, t = cfg.size, cfg.frames
-    scene = Scene.sample(rng, s, cfg.distractors, cfg.background_drift)
-    yy, xx = scene.grid()
-    video = np.empty((t, s, s, 3), dtype=np.uint8)
-    for f in range(t):
-        frame = scene.frame(f, yy, xx)
+
+    def paint(frame: np.ndarray, f: int, yy: np.ndarray, xx: np.ndarray) -> None:
         cy, cx = actor.position(f / max(t - 1, 1))
         frame[shape_mask(actor.shape, yy, xx, cy * s, cx * s, SIZES[actor.size] * s)] = COLOURS[actor.colour]
-        video[f] = np.clip(frame, 0, 255).astype(np.uint8)
-    return video
+
+    return Scene.sample(rng, s, cfg.distractors, cfg.background_drift).render(t, paint)
 
 
 def clip_rng(cfg: ActionConfig, split: str, index: int, stream: int = STREAM) -> np.random.Generator:
@@ -136,23 +128,14 @@ def generate_action_split(root: str | Path, split: str, num_videos: int, cfg: Ac
     """Write <root>/videos/<split>_<i>.mp4 and the annotation <root>/anno/<ann_name or split.json>: a JSON list of
     {"video", "label", "label_name", "caption", "actor"}; returns its path. Clip i has class i % len(kind.classes)
     and depends only on (seed, split, i, kind): clips on disk are kept, a larger split extends a smaller one."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    root = Path(root)
-    (root / "videos").mkdir(parents=True, exist_ok=True)
-    (root / "anno").mkdir(exist_ok=True)
-    entries = []
-    for i in track(range(num_videos), f"generating synthetic {kind.name} {split} split", unit="clips"):
+    def clip(i: int) -> tuple[Callable[[], np.ndarray], dict]:
         rng = clip_rng(cfg, split, i, kind.stream)
         label = i % len(kind.classes)
         actor = kind.sample(rng, kind.classes[label])
-        name = f"{split}_{i:05d}.mp4"
-        write_new_clip(root / "videos" / name, lambda: render_action_clip(rng, actor, cfg), cfg.fps)  # noqa: B023
-        entries.append({"video": name, "label": label, "label_name": kind.classes[label], "caption": actor.caption,
-                        "actor": asdict(actor)})
-    ann = root / "anno" / (ann_name or f"{split}.json")
-    write_json(ann, entries)
-    return ann
+        return lambda: render_action_clip(rng, actor, cfg), {"label": label, "label_name": kind.classes[label],
+                                                              "caption": actor.caption, "actor": asdict(actor)}
+
+    return write_split(root, split, num_videos, cfg.fps, f"synthetic {kind.name}", clip, ann_name)
 
 
 def ensure_action_dataset(root: str | Path, cfg: ActionConfig, sizes: dict[str, int],
@@ -207,8 +190,9 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
         if train_flip_p and self.kind.flip_changes_label:
             raise ValueError(f"train_flip_p must be 0 for synthetic actions (a flip turns 'moving left' into 'moving "
                              f"right' under the same label), got {train_flip_p}")
-        clips = ActionConfig(seed=seed, frames=clip_frames, size=clip_size, background_drift=background_drift)
-        self.synthetic = (cache_dir, clips, {"train": num_train, "val": num_val, "test": num_test})
+        self.cache_dir = cache_dir
+        self.clip_config = ActionConfig(seed=seed, frames=clip_frames, size=clip_size, background_drift=background_drift)
+        self.generated_sizes = {"train": num_train, "val": num_val, "test": num_test}
         pending = Path(cache_dir) / "pending"
         super().__init__(
             test=str(pending / "test.json"), val=str(pending / "val.json"), train=str(pending / "train.json"),
@@ -218,17 +202,8 @@ class SyntheticActionDataModule(GeneratedOnFirstUse, VideoClassificationDataModu
             train_crop_scale=train_crop_scale, train_flip_p=train_flip_p, **kwargs,
         )
 
-    def _resolve(self, stages: tuple[str, ...]) -> None:
-        """Generate the splits these stages read (once, into cache_dir) and point the annotations at them."""
-        cache_dir, cfg, sizes = self.synthetic
-        splits = stage_splits(stages)
-        wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
-        out = ensure_action_dataset(cache_dir, cfg, wanted, self.kind)
-        h = self.hparams
-        for split in splits:
-            setattr(h, split, str(out / "anno" / f"{split}_{sizes[split]}.json") if sizes[split] else None)
-        h.video_root = str(out / "videos")
-
+    def generate(self, sizes: dict[str, int]) -> Path:
+        return ensure_action_dataset(self.cache_dir, self.clip_config, sizes, self.kind)
 
 __all__ = ["ACTION_KIND", "ACTIONS", "ActionConfig", "Actor", "ClassKind", "ensure_action_dataset",
            "generate_action_split", "place_actor", "render_action_clip", "sample_actor", "SyntheticActionDataModule"]

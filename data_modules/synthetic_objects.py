@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthetic import COLOURS, MOTIONS, SIZES
+from .synthetic import COLOURS
 from .synthetic_actions import ACTION_SHAPES, Actor, ClassKind, SyntheticActionDataModule, place_actor
 
 OBJECT_SHAPES = ACTION_SHAPES
@@ -25,9 +25,7 @@ def sample_object(rng: np.random.Generator, name: str) -> Actor:
     if name not in OBJECTS:
         raise ValueError(f"unknown object class {name!r}; choose one of {list(OBJECTS)}")
     colour, shape = name.split(" ")
-    motion = list(MOTIONS)[int(rng.integers(len(MOTIONS)))]
-    size = list(SIZES)[int(rng.integers(len(SIZES)))]
-    return place_actor(rng, shape, motion, colour, size)
+    return place_actor(rng, shape, colour=colour)
 
 
 # a flip keeps colour and shape (the shapes are symmetric about the vertical axis)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .generated import GeneratedOnFirstUse, stage_splits
+from .generated import GeneratedOnFirstUse
 from .qa import MultipleChoiceDataModule, VideoQADataModule
 from .synthetic import COLOURS, MOTIONS, SHAPES, SIZES, SPLITS, SyntheticConfig, ensure_dataset, vocabulary
 
@@ -96,11 +96,13 @@ class SyntheticQADataModule(GeneratedOnFirstUse, VideoQADataModule):
     everything else as VideoQADataModule (num_frames, img_size, batch sizes, workers, ...).
     """
 
+    annotation_prefix = "qa_"
+
     def __init__(self, cache_dir: str = ".cache/synthetic", seed: int = 0, num_train: int = 4000, num_val: int = 200,
                  num_test: int = 500, clip_frames: int = 16, clip_size: int = 128, num_frames: int = 8,
                  img_size: int = 96, max_q_len: int = 12, **kwargs: Any) -> None:
-        self.synthetic = (cache_dir, seed, {"train": num_train, "val": num_val, "test": num_test}, clip_frames,
-                          clip_size)
+        self.cache_dir, self.clip_config = cache_dir, SyntheticConfig(seed=seed, frames=clip_frames, size=clip_size)
+        self.generated_sizes = {"train": num_train, "val": num_val, "test": num_test}
         pending = Path(cache_dir) / "pending"
         super().__init__(test_annotation=str(pending / "qa_test.json"), answer_list=str(pending / "answers.json"),
                          video_root=str(pending / "videos"), val_annotation=str(pending / "qa_val.json"),
@@ -108,17 +110,13 @@ class SyntheticQADataModule(GeneratedOnFirstUse, VideoQADataModule):
                          tokenizer_flavor="umt", max_q_len=max_q_len, num_frames=num_frames, img_size=img_size,
                          seed=seed, **kwargs)
 
-    def _resolve(self, stages: tuple[str, ...]) -> None:
-        cache_dir, seed, sizes, frames, size = self.synthetic
-        splits = stage_splits(stages)
-        wanted = {split: (n if split in splits else 0) for split, n in sizes.items()}  # the others: not generated
-        out = ensure_qa_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), wanted)
+    def generate(self, sizes: dict[str, int]) -> Path:
+        return ensure_qa_dataset(self.cache_dir, self.clip_config, sizes)
+
+    def use(self, folder: Path) -> None:
+        super().use(folder)
         h = self.hparams
-        for split, attr in (("train", "train_annotation"), ("val", "val_annotation"), ("test", "test_annotation")):
-            if split in splits:
-                setattr(h, attr, str(out / "anno" / f"qa_{split}_{sizes[split]}.json") if sizes[split] else None)
-        h.video_root, h.tokenizer = str(out / "videos"), str(out / "qa_tokenizer")
-        h.answer_list = str(out / "anno" / "qa_answer_list.json")
+        h.tokenizer, h.answer_list = str(folder / "qa_tokenizer"), str(folder / "anno" / "qa_answer_list.json")
         self._anns, self._answer_list, self._tokenizer = {}, None, None
 
 
@@ -152,18 +150,20 @@ class SyntheticMCDataModule(MultipleChoiceDataModule):
     def __init__(self, cache_dir: str = ".cache/synthetic", seed: int = 0, num_test: int = 500, clip_frames: int = 16,
                  clip_size: int = 128, num_frames: int = 8, img_size: int = 96, max_txt_len: int = 24,
                  **kwargs: Any) -> None:
-        self.synthetic = (cache_dir, seed, num_test, clip_frames, clip_size)
+        self.cache_dir, self.clip_config = cache_dir, SyntheticConfig(seed=seed, frames=clip_frames, size=clip_size)
+        self.num_test = num_test
         pending = Path(cache_dir) / "pending"
         super().__init__(test_annotation=str(pending / "mc_test.json"), video_root=str(pending / "videos"),
                          tokenizer=str(pending / "tokenizer"), tokenizer_flavor="umt", max_txt_len=max_txt_len,
                          num_frames=num_frames, img_size=img_size, **kwargs)
 
     def _resolve(self) -> None:
-        cache_dir, seed, n, frames, size = self.synthetic
-        out = ensure_dataset(cache_dir, SyntheticConfig(seed=seed, frames=frames, size=size), {"test": n})
+        """Generate the test split (once, into cache_dir), its MC entries, and point the options at them."""
+        n = self.num_test
+        out = ensure_dataset(self.cache_dir, self.clip_config, {"test": n})
         clips = json.loads((out / "anno" / f"test_{n}.json").read_text())
         path = out / "anno" / f"mc_test_{n}.json"
-        path.write_text(json.dumps(mc_entries(clips, seed)))
+        path.write_text(json.dumps(mc_entries(clips, self.clip_config.seed)))
         h = self.hparams
         h.test_annotation, h.video_root, h.tokenizer = str(path), str(out / "videos"), str(out / "tokenizer")
         self._anns, self._tokenizer = None, None

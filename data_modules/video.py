@@ -85,7 +85,7 @@ import copy
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -550,6 +550,23 @@ def _scan(
         container.close()
 
 
+def _each_frame(path: str, thread_type: str, thread_count: int, failed: str) -> Iterator[av.VideoFrame]:
+    """The frames of the first video stream in decoder output order (the container is closed when the iteration
+    ends or is dropped); an FFmpeg error mid-stream raises VideoDecodeError "<failed> after <n> frame(s) (...)"."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path, thread_type, thread_count)
+        n = 0
+        try:
+            for frame in container.decode(stream):
+                yield frame
+                n += 1
+        except _FFMPEG_ERRORS as exc:
+            raise VideoDecodeError(path, f"{failed} after {n} frame(s) ({_ffmpeg_message(exc)})") from exc
+    finally:
+        container.close()
+
+
 def _fetch(
     path: str, needed: list[int], *, thread_type: str, thread_count: int, resize: FrameResize | None = None
 ) -> dict[int, torch.Tensor]:
@@ -557,22 +574,13 @@ def _fetch(
     need = set(needed)
     last = max(need)
     out: dict[int, torch.Tensor] = {}
-    container = _open(path)
-    try:
-        stream = _video_stream(container, path, thread_type, thread_count)
-        n = 0
-        try:
-            for frame in container.decode(stream):
-                if n in need:
-                    out[n] = _frame_tensor(frame, resize)
-                n += 1
-                if n > last:
-                    break
-        except _FFMPEG_ERRORS as exc:
-            reason = f"second decode pass failed after {n} frame(s) ({_ffmpeg_message(exc)})"
-            raise VideoDecodeError(path, reason) from exc
-    finally:
-        container.close()
+    n = 0
+    for frame in _each_frame(path, thread_type, thread_count, "second decode pass failed"):
+        if n in need:
+            out[n] = _frame_tensor(frame, resize)
+        n += 1
+        if n > last:
+            break
     missing = need - out.keys()
     if missing:
         raise VideoDecodeError(
@@ -716,19 +724,7 @@ def count_frames(path: str | os.PathLike[str], *, thread_type: str = "AUTO", thr
     Raises:
         VideoDecodeError: the file cannot be opened / has no video stream / fails mid-stream.
     """
-    path = os.fspath(path)
-    container = _open(path)
-    try:
-        stream = _video_stream(container, path, thread_type, thread_count)
-        n = 0
-        try:
-            for _ in container.decode(stream):
-                n += 1
-        except _FFMPEG_ERRORS as exc:
-            raise VideoDecodeError(path, f"decoding failed after {n} frame(s) ({_ffmpeg_message(exc)})") from exc
-        return n
-    finally:
-        container.close()
+    return sum(1 for _ in _each_frame(os.fspath(path), thread_type, thread_count, "decoding failed"))
 
 
 def load_clip_or_skip(

@@ -1,12 +1,18 @@
-"""The merge contract as checks (timm's pattern): every registered backbone must pass them, a broken one fails.
+"""The merge contract and the model interfaces as checks (timm's pattern): every registered backbone must pass them,
+a broken one fails.
 
 Each check takes a model (any nn.Module with mergeable encoders) and raises AssertionError on a violation.
 """
 from __future__ import annotations
 
+import inspect
+from typing import Protocol
+
 import torch
 from torch import nn
 
+from vidtldr_pl.backbones.interfaces import (INTERFACES, DualEncoder, FusionModel, VideoClassifier, VideoEncoder,
+                                             VideoQAModel, ZeroShotClassifier)
 from vidtldr_pl.flops import encoder_flops
 from vidtldr_pl.merging import METHODS, MergeSetting, apply_merge, find_mergeable, token_counts, unpatch
 
@@ -140,7 +146,114 @@ def check_compiles(model: nn.Module) -> None:
     assert (eager - compiled).abs().max().item() < 1e-4
 
 
+# ------------------------------------------------------------------------------------------------- interfaces
+def protocol_members(proto: type) -> tuple[dict[str, inspect.Signature], set[str]]:
+    """(methods -> signature, data attributes) a Protocol declares, its Protocol bases' included."""
+    methods: dict[str, inspect.Signature] = {}
+    data: set[str] = set()
+    for cls in reversed(proto.__mro__):
+        if cls in (Protocol, object) or not getattr(cls, "_is_protocol", False):
+            continue
+        data |= set(getattr(cls, "__annotations__", {}))
+        for name, value in vars(cls).items():
+            if inspect.isfunction(value) and (not name.startswith("_") or name == "__call__"):
+                methods[name] = inspect.signature(value)
+    return methods, data
+
+
+def check_signatures(obj: object, proto: type) -> None:
+    """Every method of ``proto`` exists on obj and accepts the Protocol's parameters by name; obj's own required
+    parameters are all the Protocol's (``__call__`` is read from ``forward`` for modules)."""
+    methods, data = protocol_members(proto)
+    for attr in data:
+        assert hasattr(obj, attr), f"{type(obj).__name__} lacks {proto.__name__}.{attr}"
+    for name, wanted in methods.items():
+        impl = obj.forward if name == "__call__" and isinstance(obj, nn.Module) else getattr(obj, name, None)
+        assert callable(impl), f"{type(obj).__name__} lacks {proto.__name__}.{name}"
+        have = inspect.signature(impl).parameters
+        names = [n for n in wanted.parameters if n != "self"]
+        missing = [n for n in names if n not in have]
+        assert not missing, f"{type(obj).__name__}.{name} lacks parameters {missing} of {proto.__name__}.{name}"
+        extra = [n for n, p in have.items() if p.default is inspect.Parameter.empty
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in names]
+        assert not extra, f"{type(obj).__name__}.{name} requires {extra}, which {proto.__name__}.{name} does not pass"
+
+
+def check_declared(obj: object) -> tuple[type, ...]:
+    """obj's class declares ``implements`` (interfaces of vidtldr_pl.backbones.interfaces) and is an instance of each,
+    with compatible signatures; returns the declared interfaces."""
+    declared = vars(type(obj)).get("implements") or next(
+        (vars(c)["implements"] for c in type(obj).__mro__ if "implements" in vars(c)), ())
+    assert declared, f"{type(obj).__name__} declares no `implements = (...)` (see backbones/interfaces.py)"
+    for proto in declared:
+        assert proto in INTERFACES, f"{type(obj).__name__} declares {proto!r}, not one of backbones.interfaces"
+        assert isinstance(obj, proto), f"{type(obj).__name__} declares {proto.__name__} but is not one"
+        check_signatures(obj, proto)
+    return tuple(declared)
+
+
+def _ids(batch: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1, 60, (batch, length), generator=generator)
+    ids[:, 0] = 2  # a [CLS] / BOS-like first token
+    return ids, torch.ones_like(ids)
+
+
+def check_interfaces(model: nn.Module) -> None:
+    """The model and its encoders declare their interfaces and satisfy them; a forward through each declared
+    interface's methods gives the documented shapes."""
+    declared = check_declared(model)
+    encoders = find_mergeable(model)
+    for enc in encoders:
+        assert VideoEncoder in check_declared(enc), f"{type(enc).__name__} does not declare VideoEncoder"
+        enc.set_grad_checkpointing(True)
+        enc.set_grad_checkpointing(False)
+        enc.set_attention("explicit")
+        enc.set_attention("fused")
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    video = torch.randn(encoders[0].example_input(2).shape, generator=g)  # (B, 3, T, H, W)
+    clip = video.permute(0, 2, 1, 3, 4)  # (B, T, 3, H, W)
+    b = video.shape[0]
+    with torch.no_grad():
+        if any(issubclass(p, (DualEncoder, VideoQAModel)) for p in declared):
+            tokens, pooled = model.encode_vision(clip)
+            assert tokens.ndim == 3 and tokens.shape[0] == b and pooled.shape == (b, tokens.shape[-1]), (
+                tokens.shape, pooled.shape)
+        if any(issubclass(p, DualEncoder) for p in declared):
+            ids, mask = _ids(b, 8, g)
+            text = model.text_embed(model.encode_text(ids, mask))
+            vision = model.vision_embed(pooled)
+            assert text.shape == vision.shape and text.shape[0] == b
+            for emb in (text, vision):
+                torch.testing.assert_close(emb.norm(dim=-1), torch.ones(b))
+            assert model.temperature().numel() == 1 and model.temperature(clamp=True).item() > 0
+        if FusionModel in declared:
+            hidden = model.encode_text(ids, mask)
+            logits = model.itm_logits(hidden, mask, tokens)
+            assert logits.shape == (b, 2)
+            memory = model.fusion_memory(tokens)
+            assert sum(k[0].numel() + v[0].numel() for k, v in memory) == model.fusion_memory_numel(tokens.shape[1])
+            grouped = model.itm_logits(hidden, mask, None, memory=memory, memory_index=torch.arange(b))
+            torch.testing.assert_close(grouped, logits, atol=1e-5, rtol=1e-4)
+        if ZeroShotClassifier in declared:
+            feats = model.set_class_names(["walking", "running", "jumping"])
+            assert feats.shape[0] == 3 and model.class_names == ["walking", "running", "jumping"]
+        if any(issubclass(p, VideoClassifier) for p in declared):
+            logits = model(video)
+            assert logits.ndim == 2 and logits.shape[0] == b
+        if VideoQAModel in declared:
+            q_ids, q_mask = _ids(b, 6, g)
+            states = model.encode_question(tokens, q_ids, q_mask)
+            assert states.shape[:2] == (b, 6)
+            a_ids, a_mask = _ids(5, 4, g)
+            loss = model.answer_loss(states, q_mask, a_ids[:4], a_mask[:4], torch.tensor([1, 3]), torch.ones(4))
+            assert loss.ndim == 0 and torch.isfinite(loss)
+            index, probs = model.rank_answers(states, q_mask, a_ids, a_mask, k=3)
+            assert index.shape == probs.shape == (b, 3)
+
+
 CHECKS = {
+    "interfaces": check_interfaces,
     "round_trip": check_round_trip,
     "explicit_equals_fused": check_explicit_equals_fused,
     "gradients": check_gradients,

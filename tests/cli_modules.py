@@ -5,7 +5,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.backbones import create_model
 
 
 class TinyVideoData(pl.LightningDataModule):
@@ -25,7 +25,7 @@ class TokenCounter(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.backbone = create_umt("umt_tiny").vision_encoder
+        self.backbone = create_model("umt_tiny").vision_encoder
 
     def validation_step(self, batch, _):
         tokens, _ = self.backbone(batch[0])

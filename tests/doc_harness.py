@@ -245,7 +245,7 @@ def make_workspace(path: Path) -> None:
     BENCHMARKS.md copied; its own .cache/ (the few clips a cut command needs take a second to generate, and blocks
     running at the same time then never write into one cache)."""
     path.mkdir(parents=True, exist_ok=True)
-    for name in ("evaluate.py", "train.py", "configs", "scripts", "benchmarks", "tests", "docs", "vidtldr_pl",
+    for name in ("evaluate.py", "train.py", "configs", "tools", "benchmarks", "tests", "docs", "vidtldr_pl",
                  "data_modules", ".ci", "pyproject.toml", "setup.py"):
         (path / name).symlink_to(ROOT / name)
     for name in ("README.md", "BENCHMARKS.md"):  # commands may write into these: copies

@@ -1,12 +1,14 @@
-"""One contract test over every registered backbone (timm's pattern), and proof that it catches a broken one."""
+"""One contract test over every registered backbone (timm's pattern): the merge contract and the interfaces each
+model declares (``implements``); and proof that it catches a broken one."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from backbone_contract import CHECKS, check_compiles, small_overrides
+from backbone_contract import CHECKS, check_compiles, check_declared, small_overrides
 from vidtldr_pl.backbones import create_model, list_models
+from vidtldr_pl.backbones.interfaces import DualEncoder
 from vidtldr_pl.backbones.layers import Block, ViTConfig, ViTEncoder
 from vidtldr_pl.merging import MergeState
 
@@ -93,3 +95,34 @@ def test_an_undeclared_cls_token_fails_the_contract():
         encoder.cls_token.normal_()
     with pytest.raises(AssertionError):
         CHECKS["prefix_protected"](Wrapper(encoder))
+
+
+def test_a_model_without_implements_fails_the_contract():
+    with pytest.raises(AssertionError, match="declares no `implements"):
+        CHECKS["interfaces"](Wrapper(ViTEncoder(_tiny_cfg())))
+
+
+class WrongTextSignature(nn.Module):
+    """Declares DualEncoder, but its encode_text names its arguments differently."""
+
+    implements = (DualEncoder,)
+
+    def encode_vision(self, video):
+        return video, video
+
+    def encode_text(self, ids, mask):
+        return ids
+
+    def vision_embed(self, pooled):
+        return pooled
+
+    def text_embed(self, text_hidden):
+        return text_hidden
+
+    def temperature(self, clamp=False):
+        return torch.ones(1)
+
+
+def test_a_declared_interface_with_other_parameter_names_fails_the_contract():
+    with pytest.raises(AssertionError, match="encode_text lacks parameters"):
+        check_declared(WrongTextSignature())

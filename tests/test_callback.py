@@ -8,7 +8,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader, TensorDataset
 
-from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.backbones import create_model
 from vidtldr_pl.callbacks import TokenMerging
 from vidtldr_pl.merging import ScheduleError
 
@@ -18,7 +18,7 @@ class VideoProbe(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.backbone = create_umt("umt_tiny").vision_encoder
+        self.backbone = create_model("umt_tiny").vision_encoder
         self.head = torch.nn.Linear(64, 2)
         self.seen: list[list[int]] = []
 
@@ -73,7 +73,8 @@ callbacks:
     parser.add_argument("--callbacks", type=list[pl.Callback])
     cfg = parser.parse_object(yaml.safe_load(text))
     callback = parser.instantiate(cfg).callbacks[0]
-    assert isinstance(callback, TokenMerging) and callback.r == [600, 200, 100] and callback.attention == "explicit"
+    assert isinstance(callback, TokenMerging) and callback.setting.r == [600, 200, 100]
+    assert callback.setting.attention == "explicit"
 
 
 def test_bad_config_fails_early():

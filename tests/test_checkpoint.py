@@ -7,13 +7,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vidtldr_pl.backbones.umt import CheckpointError, create_umt, load_umt_checkpoint
+from vidtldr_pl.backbones import create_model
+from vidtldr_pl.backbones.umt import load_umt_checkpoint
+from vidtldr_pl.errors import CheckpointError
 from vidtldr_pl.backbones.umt.vision import VisionTransformer
 
 
 @pytest.fixture(scope="module")
 def tiny_state():
-    return create_umt("umt_tiny").state_dict()
+    return create_model("umt_tiny").state_dict()
 
 
 def _official_finetuned(path, state):
@@ -27,7 +29,7 @@ def _equal(model, state):
 
 def test_finetuned_layout_loads_exactly(tmp_path, tiny_state):
     _official_finetuned(tmp_path / "ft.pth", tiny_state)
-    model = create_umt("umt_tiny")
+    model = create_model("umt_tiny")
     assert not _equal(model, tiny_state)  # fresh random init differs
     report = load_umt_checkpoint(model, tmp_path / "ft.pth")
     assert report.ok and report.loaded == len(tiny_state)
@@ -36,7 +38,7 @@ def test_finetuned_layout_loads_exactly(tmp_path, tiny_state):
 
 def test_safetensors_and_ddp_prefix(tmp_path, tiny_state):
     save_file({f"module.{k}": v.contiguous() for k, v in tiny_state.items()}, str(tmp_path / "m.safetensors"))
-    model = create_umt("umt_tiny", checkpoint=str(tmp_path / "m.safetensors"))
+    model = create_model("umt_tiny", checkpoint=str(tmp_path / "m.safetensors"))
     assert _equal(model, tiny_state)
 
 
@@ -48,7 +50,7 @@ def test_pretraining_layout_loads_into_retrieval_model(tmp_path, tiny_state):
     pre["vision_encoder.clip_decoder.0.head.weight"] = torch.zeros(8, 64)
     pre["clip_teacher.proj"] = torch.zeros(3)
     torch.save({"model": pre}, tmp_path / "pre.pth")
-    model = create_umt("umt_tiny")
+    model = create_model("umt_tiny")
     report = load_umt_checkpoint(model, tmp_path / "pre.pth")
     assert report.renamed_bert and len(report.ignored) == 3
     assert _equal(model, tiny_state)
@@ -67,7 +69,7 @@ def test_wrong_checkpoint_fails_with_report(tmp_path, tiny_state, damage):
         state["vision_proj.weight"] = torch.zeros(16, 64)
         needle = "vision_proj.weight file [16, 64] vs model [32, 64]"
     _official_finetuned(tmp_path / "bad.pth", state)
-    model = create_umt("umt_tiny")
+    model = create_model("umt_tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError) as err:
         load_umt_checkpoint(model, tmp_path / "bad.pth")
@@ -76,7 +78,7 @@ def test_wrong_checkpoint_fails_with_report(tmp_path, tiny_state, damage):
 
 
 def test_non_state_dict_files_fail_clearly(tmp_path):
-    model = create_umt("umt_tiny")
+    model = create_model("umt_tiny")
     torch.save({"model": {"a": 1}}, tmp_path / "obj.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
@@ -95,14 +97,14 @@ class Config(dict):
 def test_unsafe_pickle_is_refused(tmp_path, tiny_state):
     torch.save({"model": tiny_state, "config": Config(lr=1)}, tmp_path / "cfg.pth")
     with pytest.raises(CheckpointError, match="convert --trust"):
-        load_umt_checkpoint(create_umt("umt_tiny"), tmp_path / "cfg.pth")
+        load_umt_checkpoint(create_model("umt_tiny"), tmp_path / "cfg.pth")
 
 
 @pytest.mark.parametrize("name,key", [("umt_b16", "umt_b16_retrieval_finetuned_full"), ("umt_l16", "umt_l16_retrieval_finetuned_full")])
 def test_presets_match_official_layout(reference_dir, name, key):
     manifest = json.loads((reference_dir / "umt_state_dict_keys.json").read_text())
     with torch.device("meta"):
-        model = create_umt(name)
+        model = create_model(name)
     state = model.state_dict()
     assert set(state) == set(manifest[key])
     for k, v in state.items():
@@ -122,7 +124,7 @@ def test_umt_b16_official_layout_token_schedule(tmp_path, reference_dir):
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v["shape"], generator=g) * 0.02 for k, v in manifest.items()}
     save_file({f"vision_encoder.{k}": v for k, v in state.items()}, str(tmp_path / "umt_b16_vision.safetensors"))
-    model = create_umt("umt_b16").vision_encoder
+    model = create_model("umt_b16").vision_encoder
     assert isinstance(model, VisionTransformer)
     load_umt_checkpoint(model, tmp_path / "umt_b16_vision.safetensors")
     patch(model, "vidtldr", r=[600, 200, 100])

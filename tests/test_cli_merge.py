@@ -11,7 +11,9 @@ import lightning.pytorch as pl
 import pytest
 import yaml
 
-from vidtldr_pl.cli import VidTLDRCLI, config_dir, quiet_lightning, resolve_config_args, run_cli
+from vidtldr_pl.cli import VidTLDRCLI, quiet_lightning, run_cli
+from vidtldr_pl.cli_help import config_dir
+from vidtldr_pl.preflight import resolve_config_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAGMENTS = {"merging_vidtldr_msrvtt_b16.yaml"}  # stacked on a task config, not run alone

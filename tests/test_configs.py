@@ -1,4 +1,4 @@
-"""The committed per-dataset configs are what configs/make_configs.py generates (other configs in configs/ are
+"""The committed per-dataset configs are what tools/make_configs.py generates (other configs in configs/ are
 written by hand and not covered here)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make_configs():
-    spec = importlib.util.spec_from_file_location("make_configs", ROOT / "configs" / "make_configs.py")
+    spec = importlib.util.spec_from_file_location("make_configs", ROOT / "tools" / "make_configs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -22,7 +22,7 @@ def test_committed_configs_equal_what_make_configs_generates():
     assert len(generated) == 14 and "msrvtt_umt.yaml" in generated and "ssv2_template_umt_l.yaml" in generated
     drifted = [name for name, text in generated.items()
                if not (ROOT / "configs" / name).is_file() or (ROOT / "configs" / name).read_text() != text]
-    assert not drifted, f"configs/{drifted} differ from configs/make_configs.py: edit the script, then run it"
+    assert not drifted, f"configs/{drifted} differ from tools/make_configs.py: edit the script, then run it"
 
 
 def test_generated_configs_carry_the_paper_schedule():

@@ -19,7 +19,7 @@ import yaml
 
 from vidtldr_pl.data_modules.annotations import read_annotations
 from vidtldr_pl.data_modules.synthetic import write_mp4
-from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.backbones import create_model
 from vidtldr_pl.text import build_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def evaluated(tmp_path_factory):
     checkpoint = work / args["model.init_args.checkpoint"]
     checkpoint.parent.mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save({"model": create_umt("umt_tiny").state_dict()}, checkpoint)
+    torch.save({"model": create_model("umt_tiny").state_dict()}, checkpoint)
 
     compare = yaml.safe_load(CONFIG.read_text())["compare"]
     tiny_compare = [{**c, "r": TINY_R} if "r" in c else c for c in compare]

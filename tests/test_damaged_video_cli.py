@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vidtldr_pl.data_modules.synthetic import write_mp4
-from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.backbones import create_model
 from vidtldr_pl.text import build_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def dataset(tmp_path_factory) -> Path:
     (work / "tokenizer").mkdir()
     (work / "tokenizer" / "vocab.txt").write_text("\n".join(build_vocab(c for _, c in ROWS)))
     torch.manual_seed(0)
-    torch.save({"model": create_umt("umt_tiny").state_dict()}, work / "umt_tiny.pth")
+    torch.save({"model": create_model("umt_tiny").state_dict()}, work / "umt_tiny.pth")
     return work
 
 

@@ -1,6 +1,6 @@
 """vidtldr_pl.export on real DeepSpeed ZeRO-2 / ZeRO-3 checkpoint folders, written on the CPU by
 tests/deepspeed_ckpt_script.py in Lightning's layout (CKPT/latest, CKPT/checkpoint/*_states.pt) after two optimizer
-steps: the exported weights are the trained fp32 weights, every tensor, and create_umt / RetrievalTask load them."""
+steps: the exported weights are the trained fp32 weights, every tensor, and create_model / RetrievalTask load them."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vidtldr_pl.backbones.umt import create_umt
-from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
+from vidtldr_pl.backbones import create_model
+from vidtldr_pl.errors import CheckpointError
 from vidtldr_pl.export import export, umt_state_from_checkpoint
 from vidtldr_pl.tasks import RetrievalTask
 
@@ -54,7 +54,7 @@ def test_export_deepspeed_folder_gives_the_trained_weights(ds_checkpoint, tmp_pa
     folder, ref = ds_checkpoint
     init, trained = ref["init"], ref["trained"]
     # the reference is the trained model: every float tensor moved away from its initial value
-    assert set(init) == set(trained) == set(create_umt("umt_tiny").state_dict())
+    assert set(init) == set(trained) == set(create_model("umt_tiny").state_dict())
     unchanged = sorted(k for k, v in trained.items() if v.is_floating_point() and torch.equal(v, init[k]))
     assert not unchanged, f"the steps left {unchanged} at their initial values"
 
@@ -76,7 +76,7 @@ def test_export_deepspeed_folder_gives_the_trained_weights(ds_checkpoint, tmp_pa
 
     # the official .pth layout, from the same folder
     pth = export(folder, tmp_path / "w.pth")
-    model = create_umt("umt_tiny", checkpoint=str(pth))
+    model = create_model("umt_tiny", checkpoint=str(pth))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
 
 

@@ -8,17 +8,19 @@ import pytest
 import yaml
 
 from readme_demo import run_demo
-from vidtldr_pl.backbones.umt.model import BUILTIN_WEIGHTS, WEIGHTS_DIR, create_umt
+from vidtldr_pl.backbones import create_model, pretrained_cfg
+from vidtldr_pl.backbones.registry import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo_umt.yaml"
 
 
 def test_shipped_weights_load_strictly_and_are_small():
-    file, preset = BUILTIN_WEIGHTS["umt_demo_synthetic"]
+    preset = "umt_demo"
+    file = pretrained_cfg(preset).builtin_weights["umt_demo_synthetic"]
     path = WEIGHTS_DIR / file
     assert path.stat().st_size <= 20 * 10**6
-    model = create_umt(preset, checkpoint="builtin:umt_demo_synthetic")  # strict: every key, every shape
+    model = create_model(preset, checkpoint="builtin:umt_demo_synthetic")  # strict: every key, every shape
     assert sum(p.numel() for p in model.parameters()) > 4_000_000
     provenance = json.loads((WEIGHTS_DIR / "umt_demo_synthetic.json").read_text())
     assert "train.py --config configs/demo_umt.yaml" in provenance["command"] and "seed" in provenance
@@ -26,7 +28,7 @@ def test_shipped_weights_load_strictly_and_are_small():
 
 def test_unknown_builtin_weights_name_is_a_clear_error():
     with pytest.raises(ValueError, match="builtin:umt_demo_synthetic"):
-        create_umt("umt_demo", checkpoint="builtin:nope")
+        create_model("umt_demo", checkpoint="builtin:nope")
 
 
 @pytest.mark.slow  # 500 clips generated and evaluated three times (about 80 s on 2 idle cores)

@@ -1,4 +1,4 @@
-"""scripts/init_from_umt_demo.py: the retrieval demo's vision encoder carried into the VideoMAE and ViFi-CLIP demo
+"""tools/init_from_umt_demo.py: the retrieval demo's vision encoder carried into the VideoMAE and ViFi-CLIP demo
 layouts (what each demo's training starts from)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("init_from_umt_demo", ROOT / "scripts" / "init_from_umt_demo.py")
+    spec = importlib.util.spec_from_file_location("init_from_umt_demo", ROOT / "tools" / "init_from_umt_demo.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -22,7 +22,7 @@ COMMAND = "python evaluate.py --config configs/demo_videomae.yaml"
 
 
 def _ship_script():
-    spec = importlib.util.spec_from_file_location("ship_demo_weights", ROOT / "scripts" / "ship_demo_weights.py")
+    spec = importlib.util.spec_from_file_location("ship_demo_weights", ROOT / "tools" / "ship_demo_weights.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)

@@ -3,7 +3,7 @@
 A command or import that drifts from the code fails here. The harness (tests/doc_harness.py) extracts each
 ```bash / ```sh / ```console block (one command per line, ``\\`` continuations joined, ``#`` comments dropped) and
 each ```python block, and runs it with ``bash -c`` in a temporary workspace: a folder whose evaluate.py, train.py,
-configs/, scripts/, benchmarks/, tests/ and docs/ link to the repository (README.md and BENCHMARKS.md are copies), so
+configs/, tools/, benchmarks/, tests/ and docs/ link to the repository (README.md and BENCHMARKS.md are copies), so
 ``outputs/``, ``.cache/`` and every file a command writes stay out of the repository; the commands of one block run
 in order in one workspace (the export finds the checkpoint the training wrote). A Python snippet is written to
 ``snippet_<line>.py`` in the workspace and run as ``python snippet_<line>.py``.
@@ -58,7 +58,7 @@ from doc_harness import DOCS, ROOT, ForkServer, Outcome, all_blocks, make_worksp
 BLOCKS = all_blocks()
 # Floors and ceiling of the counts (lower a floor only when commands really leave the docs).
 MIN_RUN, MIN_CHECKED, MAX_SKIPPED = 24, 6, 6
-WATCHED = ["", "configs", "configs/strategies", "scripts", "docs", "tests"]  # folders a stray output would land in
+WATCHED = ["", "configs", "configs/strategies", "tools", "docs", "tests"]  # folders a stray output would land in
 
 
 def _listing() -> dict[str, set[str]]:
@@ -166,14 +166,14 @@ def _named_things() -> list[tuple[str, str, str]]:
     for rel in DOCS:
         for n, line in enumerate((ROOT / rel).read_text().split("\n"), 1):
             sources += [(f"{rel}:{n}", span) for span in re.findall(r"`(python3? [^`]+)`", line)]
-            paths = re.findall(r"`((?:scripts|benchmarks|tests)/[\w/]+\.py)", line)
+            paths = re.findall(r"`((?:tools|benchmarks|tests)/[\w/]+\.py)", line)
             sources += [(f"{rel}:{n}", path) for path in paths]
     for cfg in sorted((ROOT / "configs").rglob("*.yaml")):
         for n, line in enumerate(cfg.read_text().split("\n"), 1):
             if line.lstrip().startswith("#"):
                 where = f"{cfg.relative_to(ROOT)}:{n}"
                 sources += [(where, m) for m in re.findall(r"(python3? \S+.*)", line)]
-                sources += [(where, m) for m in re.findall(r"((?:scripts|benchmarks|tests)/[\w/]+\.py)", line)]
+                sources += [(where, m) for m in re.findall(r"((?:tools|benchmarks|tests)/[\w/]+\.py)", line)]
     out = []
     for where, text in dict.fromkeys(sources):
         words = text.split()
@@ -191,7 +191,7 @@ def _named_things() -> list[tuple[str, str, str]]:
 
 
 def test_named_scripts_modules_and_configs_exist():
-    """`python x.py`, `python -m mod`, `--config c.yaml` and scripts/... paths named in the docs and in config
+    """`python x.py`, `python -m mod`, `--config c.yaml` and tools/... paths named in the docs and in config
     comments exist (the fenced commands are run by test_doc_block; this covers the inline ones)."""
     import importlib.util
 
@@ -209,9 +209,9 @@ def test_named_scripts_modules_and_configs_exist():
 
 
 def test_repository_paths_and_links_in_the_docs_exist():
-    """Every `path` in the docs that starts at a folder of the repository (vidtldr_pl/, configs/, scripts/, tests/,
+    """Every `path` in the docs that starts at a folder of the repository (vidtldr_pl/, configs/, tools/, tests/,
     ...) and every relative markdown link exists."""
-    tops = {"vidtldr_pl", "data_modules", "configs", "scripts", "benchmarks", "tests", "docs", ".ci"}  # tracked
+    tops = {"vidtldr_pl", "data_modules", "configs", "tools", "benchmarks", "tests", "docs", ".ci"}  # tracked
     missing, checked = [], 0
     for rel in DOCS:
         for n, line in enumerate((ROOT / rel).read_text().split("\n"), 1):

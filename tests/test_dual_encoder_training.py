@@ -55,7 +55,7 @@ def test_dual_encoder_step_is_the_contrastive_loss_at_the_clip_temperature():
     torch.testing.assert_close(logged["train/temp"], torch.tensor(math.exp(-2.0)))
     with torch.no_grad():
         task.model.logit_scale.fill_(7.0)  # CLIP clamps the scale at log(100)
-    task._temperature()
+    task.model.temperature(clamp=True)  # what training_step does before its loss
     assert task.model.logit_scale.item() == pytest.approx(math.log(100.0))
 
 

@@ -18,7 +18,8 @@ import torch
 from retrieval_bruteforce import bruteforce_metrics, bruteforce_scores, reinit_
 
 from vidtldr_pl.data_modules.retrieval import MSRVTTDataModule
-from vidtldr_pl.backbones.umt import create_umt, load_umt_checkpoint
+from vidtldr_pl.backbones import create_model
+from vidtldr_pl.backbones.umt import load_umt_checkpoint
 from vidtldr_pl.callbacks import TokenMerging
 from vidtldr_pl.merging import build_schedule, patch, token_counts, unpatch
 from vidtldr_pl.tasks import RetrievalTask
@@ -85,7 +86,7 @@ def setup_dir(tmp_path_factory):
     (tok / "vocab.txt").write_text("\n".join(vocab))
 
     torch.manual_seed(SEED)
-    model = reinit_(create_umt("umt_tiny"), SEED)
+    model = reinit_(create_model("umt_tiny"), SEED)
     state = model.state_dict()
     assert not any("bert." in k or k.startswith("module.") for k in state)  # fine-tuned keys: no bert., no DDP prefix
     ckpt = tmp / "umt_tiny_msrvtt_ft.pth"
@@ -101,7 +102,7 @@ def _datamodule(d) -> MSRVTTDataModule:
 
 
 def _loaded_model(d) -> torch.nn.Module:
-    model = create_umt("umt_tiny")
+    model = create_model("umt_tiny")
     report = load_umt_checkpoint(model, d["ckpt"])
     assert report.ok and not report.renamed_bert and report.loaded == len(d["state"])
     own = model.state_dict()

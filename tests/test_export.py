@@ -1,4 +1,4 @@
-"""vidtldr_pl.export: a training checkpoint -> one weights file in the official layout that create_umt loads."""
+"""vidtldr_pl.export: a training checkpoint -> one weights file in the official layout that create_model loads."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vidtldr_pl.backbones.umt import create_umt
-from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
+from vidtldr_pl.backbones import create_model
+from vidtldr_pl.errors import CheckpointError
 from vidtldr_pl.export import export, main
 from vidtldr_pl.tasks import RetrievalTask
 
@@ -27,7 +27,7 @@ def lightning_ckpt(tmp_path_factory):
 def test_export_roundtrip(lightning_ckpt, tmp_path, suffix, dtype):
     path, task = lightning_ckpt
     out = export(path, tmp_path / f"w{suffix}", dtype=dtype, preset="umt_tiny")
-    model = create_umt("umt_tiny", checkpoint=str(out))
+    model = create_model("umt_tiny", checkpoint=str(out))
     for k, v in task.model.state_dict().items():
         expected = v.to(torch.float16).float() if dtype and v.is_floating_point() else v
         assert torch.equal(model.state_dict()[k], expected), k

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.backbones import create_model
 from vidtldr_pl.merging import (
     AttentionInfo, MergeState, RandomMerge, ScheduleError, ToMe, VidTLDR, bipartite_soft_matching, build_method,
     build_schedule, effective_r, negative_entropy_from_probs, negative_entropy_from_qk, patch, token_counts, unpatch,
@@ -129,7 +129,7 @@ def test_build_method_errors():
 def tiny_encoder():
     """A tiny UMT vision encoder with non-degenerate weights: std 0.02 init gives near-uniform attention, where
     the min-max normalised saliency is all rounding noise."""
-    enc = create_umt("umt_tiny").vision_encoder.eval()
+    enc = create_model("umt_tiny").vision_encoder.eval()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, p in enc.named_parameters():
@@ -190,7 +190,7 @@ def test_gradients_flow_through_merged_tokens(tiny_encoder):
 
 
 def test_position_table_interpolation():
-    from vidtldr_pl.backbones.umt.vision import position_table, sincos_table
+    from vidtldr_pl.backbones.layers import position_table, sincos_table
 
     assert torch.equal(position_table(4, 16, 32), sincos_table(64, 32)[None])
     interp = position_table(8, 16, 32, ckpt_frames=4)

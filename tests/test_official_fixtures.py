@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from fixtures_official import dense_source, load_case, regenerate_inputs, sha256_16
 from reference_data import IN_REPO, fixture_path
-from vidtldr_pl.backbones.umt.vision import Block
+from vidtldr_pl.backbones.layers import Block
 from vidtldr_pl.merging import AttentionInfo, LayerMerge, MergeState, VidTLDR, vidtldr_saliency
 
 TOL = 1e-5

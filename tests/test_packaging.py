@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vidtldr_pl.cli import config_dir, resolve_config_args
-from vidtldr_pl.preflight import UsageError
+from vidtldr_pl.cli_help import config_dir
+from vidtldr_pl.errors import UsageError
+from vidtldr_pl.preflight import resolve_config_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
@@ -69,7 +70,8 @@ def test_wheel_ships_configs_and_weights_and_finds_them_from_elsewhere(tmp_path)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    code = ("import json, vidtldr_pl; from vidtldr_pl.cli import config_dir, resolve_config_args; "
+    code = ("import json, vidtldr_pl; from vidtldr_pl.cli_help import config_dir; "
+            "from vidtldr_pl.preflight import resolve_config_args; "
             "print(json.dumps([vidtldr_pl.__file__, str(config_dir()), "
             "resolve_config_args(['--config', 'msrvtt_umt.yaml', '--config', 'configs/strategies/ddp.yaml'])]))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}

@@ -189,7 +189,8 @@ class SlowTinyRetrievalData(TinyRetrievalData):
 def test_cli_output_has_no_adverts_or_foreign_warnings(stage, tmp_path, monkeypatch, capfd):
     """evaluate.py / train.py print no Lightning "Tip", no ModelCheckpoint override note, no torch pytree
     deprecation; off a terminal the batches show as log lines."""
-    from vidtldr_pl.cli import resolve_config_args, run_cli
+    from vidtldr_pl.cli import run_cli
+    from vidtldr_pl.preflight import resolve_config_args
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VIDTLDR_PROGRESS_INTERVAL", "0.01")

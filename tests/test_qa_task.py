@@ -61,7 +61,7 @@ def test_fine_tuning_lowers_the_answer_loss(tmp_path):
     batch = dm._collate([dm._loader().dataset[i] for i in range(4)])
     task.model.eval()
     with torch.no_grad():
-        tokens = task.model.encode_vision(batch["video"])
+        tokens, _ = task.model.encode_vision(batch["video"])
         states = task.model.encode_question(tokens, batch["input_ids"], batch["attention_mask"])
         before = float(task.model.answer_loss(states, batch["attention_mask"], batch["answer_ids"],
                                               batch["answer_mask"], batch["answer_counts"], batch["answer_weights"]))
@@ -69,7 +69,7 @@ def test_fine_tuning_lowers_the_answer_loss(tmp_path):
     make_trainer(max_epochs=15, limit_val_batches=0, default_root_dir=tmp_path).fit(task, datamodule=dm)
     task.model.eval()
     with torch.no_grad():
-        tokens = task.model.encode_vision(batch["video"])
+        tokens, _ = task.model.encode_vision(batch["video"])
         states = task.model.encode_question(tokens, batch["input_ids"], batch["attention_mask"])
         after = float(task.model.answer_loss(states, batch["attention_mask"], batch["answer_ids"],
                                              batch["answer_mask"], batch["answer_counts"], batch["answer_weights"]))

@@ -69,7 +69,8 @@ def test_one_batch_rows_after_the_first_are_timed():
     split is one batch, the first row says n/a and the later rows are measured (never 0.0)."""
     from retrieval_bruteforce import TinyRetrievalData, make_task, make_trainer
 
-    from vidtldr_pl.compare import MergeSetting, evaluate_runs
+    from vidtldr_pl.compare import evaluate_runs
+    from vidtldr_pl.merging import MergeSetting
 
     task, data = make_task(k_test=4), TinyRetrievalData(num_videos=6, batch_size=6)
     rows = evaluate_runs(make_trainer(), task, data, [MergeSetting(method="none", name="none"),

@@ -9,7 +9,6 @@ from vidtldr_pl.data_modules.synthetic import SyntheticConfig
 from vidtldr_pl.data_modules.synthetic_qa import (QUESTION_TYPES, SyntheticQADataModule, answer_list, ensure_qa_dataset, question,
                                        qa_vocabulary)
 from vidtldr_pl.backbones import create_model
-from vidtldr_pl.backbones.umt.qa import QA_CONFIGS
 from vidtldr_pl.tasks.qa import QATask
 
 OBJECTS = [{"shape": "circle", "colour": "red", "size": "small", "motion": "left"},
@@ -44,7 +43,7 @@ def test_dataset_questions_are_answerable_and_tokenizable(tmp_path):
         assert e["answer"] in facts or (e["type"] == "count" and e["answer"] in ("one", "two"))
     words = set(qa_vocabulary())
     assert all(w in words for e in test + train for w in e["question"].split())
-    assert len(qa_vocabulary()) <= QA_CONFIGS["umt_qa_demo"]().text.vocab_size
+    assert len(qa_vocabulary()) <= create_model("umt_qa_demo").cfg.text.vocab_size
     again = ensure_qa_dataset(tmp_path, cfg, {"test": 10})
     assert json.loads((again / "anno" / "qa_test_10.json").read_text()) == test  # deterministic
 

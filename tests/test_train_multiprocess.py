@@ -226,7 +226,7 @@ def test_two_nodes_with_logger_resume(tmp_path):
 
 def _slurm(tmp_path: Path, cache: Path, extra: list[str]) -> list[tuple[int, str, str]]:
     """A 2-node x 1-task SLURM job as Lightning reads it: one process per task with the variables srun sets, and
-    scripts/slurm_train.sbatch's trainer arguments."""
+    tools/slurm_train.sbatch's trainer arguments."""
     job = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2",
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "vidtldr-ft", "SLURM_NODELIST": "127.0.0.1",
            "MASTER_PORT": str(free_port())}

@@ -154,11 +154,11 @@ def test_fit_with_vidtldr_merging_updates_every_part_of_the_model(tmp_path):
 
 
 def test_gradient_checkpointing_with_merging_gives_the_same_gradients():
-    from vidtldr_pl.backbones.umt import create_umt
+    from vidtldr_pl.backbones import create_model
     from vidtldr_pl.merging import patch
 
     torch.manual_seed(0)
-    model = create_umt("umt_tiny").train()
+    model = create_model("umt_tiny").train()
     patch(model.vision_encoder, "vidtldr", r=[16, 8])
     video = torch.randn(2, 4, 3, 64, 64)
     grads = []

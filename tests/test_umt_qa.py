@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from vidtldr_pl.backbones import create_model, list_models
-from vidtldr_pl.backbones.checkpoint import CheckpointError
 from vidtldr_pl.text import answer_texts
-from vidtldr_pl.backbones.umt.qa import QA_CONFIGS, UMTQA, load_umt_qa_checkpoint, rerank_topk
+from vidtldr_pl.backbones.umt.qa import UMTQA, load_umt_qa_checkpoint, rerank_topk
+from vidtldr_pl.errors import CheckpointError
 from vidtldr_pl.merging import MergeSetting, apply_merge
 from vidtldr_pl.text import BertWordPieceTokenizer
 
@@ -46,9 +46,11 @@ def _inputs(model: UMTQA, tokenizer: BertWordPieceTokenizer, n: int = 3):
 
 def test_presets_registered_with_official_decoder_depth():
     assert {"umt_qa_b16", "umt_qa_l16", "umt_qa_tiny"} <= set(list_models(task="qa"))
-    assert QA_CONFIGS["umt_qa_b16"]().num_decoder_layers == 3
-    assert QA_CONFIGS["umt_qa_l16"]().num_decoder_layers == 5
-    assert QA_CONFIGS["umt_qa_l16"]().text.fusion_layer == 19
+    with torch.device("meta"):
+        b16, l16 = create_model("umt_qa_b16").cfg, create_model("umt_qa_l16").cfg
+    assert b16.num_decoder_layers == 3
+    assert l16.num_decoder_layers == 5
+    assert l16.text.fusion_layer == 19
 
 
 def test_state_dict_has_the_official_qa_layout(model: UMTQA):
@@ -84,8 +86,8 @@ def test_official_file_loads_strictly_and_clip_teacher_is_reported(model: UMTQA,
     assert report.ok and report.ignored == ["clip_teacher.ln.weight", "clip_teacher.proj"]
     video, q, a = _inputs(model, tokenizer)
     with torch.no_grad():
-        s1 = model.encode_question(model.encode_vision(video), q["input_ids"], q["attention_mask"])
-        s2 = fresh.encode_question(fresh.encode_vision(video), q["input_ids"], q["attention_mask"])
+        s1 = model.encode_question(model.encode_vision(video)[0], q["input_ids"], q["attention_mask"])
+        s2 = fresh.encode_question(fresh.encode_vision(video)[0], q["input_ids"], q["attention_mask"])
     assert torch.equal(s1, s2)
     ids1, p1 = model.rank_answers(s1, q["attention_mask"], a["input_ids"], a["attention_mask"], k=5)
     ids2, p2 = fresh.rank_answers(s2, q["attention_mask"], a["input_ids"], a["attention_mask"], k=5)
@@ -127,7 +129,7 @@ def _brute_force_scores(model: UMTQA, states, q_mask, a_ids, a_mask):
 def test_ranking_with_k_equal_to_the_list_is_brute_force(model: UMTQA, tokenizer):
     video, q, a = _inputs(model, tokenizer)
     with torch.no_grad():
-        states = model.encode_question(model.encode_vision(video), q["input_ids"], q["attention_mask"])
+        states = model.encode_question(model.encode_vision(video)[0], q["input_ids"], q["attention_mask"])
         ids, probs = model.rank_answers(states, q["attention_mask"], a["input_ids"], a["attention_mask"],
                                         k=len(ANSWERS))
         brute = _brute_force_scores(model, states, q["attention_mask"], a["input_ids"], a["attention_mask"])
@@ -141,7 +143,7 @@ def test_ranking_with_k_equal_to_the_list_is_brute_force(model: UMTQA, tokenizer
 def test_top_k_keeps_the_k_most_probable_first_tokens(model: UMTQA, tokenizer):
     video, q, a = _inputs(model, tokenizer)
     with torch.no_grad():
-        states = model.encode_question(model.encode_vision(video), q["input_ids"], q["attention_mask"])
+        states = model.encode_question(model.encode_vision(video)[0], q["input_ids"], q["attention_mask"])
         ids, probs = model.rank_answers(states, q["attention_mask"], a["input_ids"], a["attention_mask"], k=4)
         bos = a["input_ids"][:1, :1].expand(3, 1)
         first = torch.softmax(model.text_decoder(bos, torch.ones_like(bos), states, q["attention_mask"])[:, 0], -1)
@@ -166,7 +168,7 @@ def test_first_token_is_counted_twice_hand_example():
 def test_sequence_nll_skips_padding_and_starts_after_bos(model: UMTQA, tokenizer):
     video, q, a = _inputs(model, tokenizer, n=1)
     with torch.no_grad():
-        states = model.encode_question(model.encode_vision(video), q["input_ids"], q["attention_mask"])
+        states = model.encode_question(model.encode_vision(video)[0], q["input_ids"], q["attention_mask"])
         ids, mask = a["input_ids"][:2], a["attention_mask"][:2]  # "red [SEP]" -> [CLS] red [SEP] [PAD] [PAD]
         assert mask[0].tolist() == [1, 1, 1, 0, 0]
         nll = model.text_decoder.sequence_nll(ids, mask, states.expand(2, -1, -1), q["attention_mask"].expand(2, -1))
@@ -180,7 +182,7 @@ def test_answer_loss_weights_multiple_answers(model: UMTQA, tokenizer):
     a = tokenizer(answer_texts(["red", "blue", "yes"]), max_length=5)
     counts, weights = torch.tensor([2, 1]), torch.tensor([0.75, 0.25, 1.0])
     with torch.no_grad():
-        states = model.encode_question(model.encode_vision(video), q["input_ids"], q["attention_mask"])
+        states = model.encode_question(model.encode_vision(video)[0], q["input_ids"], q["attention_mask"])
         loss = model.answer_loss(states, q["attention_mask"], a["input_ids"], a["attention_mask"], counts, weights)
         rows = [0, 0, 1]
         nll = model.text_decoder.sequence_nll(a["input_ids"], a["attention_mask"], states[rows],
@@ -192,9 +194,10 @@ def test_answer_loss_weights_multiple_answers(model: UMTQA, tokenizer):
 def test_merging_reduces_the_video_tokens_the_question_reads(tokenizer):
     model = create_model("umt_qa_tiny").eval()
     video = torch.randn(1, 4, 3, 64, 64)
-    assert model.encode_vision(video).shape == (1, 64, 64)
+    tokens, pooled = model.encode_vision(video)
+    assert tokens.shape == (1, 64, 64) and torch.equal(pooled, tokens.mean(dim=1))
     apply_merge(model, MergeSetting(method="vidtldr", r=[8, 8, 0, 0]))
-    tokens = model.encode_vision(video)
+    tokens, _ = model.encode_vision(video)
     assert tokens.shape == (1, 48, 64)
     q = tokenizer(["what is the man doing"], max_length=25)
     assert model.encode_question(tokens, q["input_ids"], q["attention_mask"]).shape == (1, 25, 64)
@@ -237,7 +240,11 @@ def test_fine_tuning_start_from_a_umt_pretraining_file(tmp_path):
     task = QATask(model="umt_qa_tiny", pretrained=str(retrieval))
     assert torch.equal(task.model.state_dict()["text_decoder.bert.encoder.layer.0.output.dense.weight"],
                        src["text_encoder.encoder.layer.2.output.dense.weight"])
-    three = UMTQA(replace(QA_CONFIGS["umt_qa_tiny"](), decoder_layers=3))  # more decoder layers than fusion layers
+    again = create_model("umt_qa_tiny")
+    again.init_from_pretrained(str(retrieval))  # the VideoQAModel method: the same start
+    loaded = {k: v for k, v in task.model.state_dict().items() if not k.startswith("text_decoder.cls.")}
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in loaded.items())
+    three = UMTQA(replace(create_model("umt_qa_tiny").cfg, decoder_layers=3))  # more decoder layers than fusion layers
     with pytest.raises(CheckpointError, match="text_decoder.bert.encoder.layer.2"):
         init_qa_from_umt(three, str(retrieval))
 

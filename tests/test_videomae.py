@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vidtldr_pl.backbones import CheckpointError, create_model, pretrained_cfg
+from vidtldr_pl.backbones import create_model, pretrained_cfg
 from vidtldr_pl.backbones.videomae import to_videomae_layout
+from vidtldr_pl.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")  # in the test extra; the library itself never imports it
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidtldr_pl.backbones import CheckpointError, create_model, list_models
+from vidtldr_pl.backbones import create_model, list_models
 from vidtldr_pl.backbones.vificlip import load_vificlip_checkpoint, to_vificlip_layout
+from vidtldr_pl.errors import CheckpointError
 from vidtldr_pl.merging import MergeSetting, apply_merge, unpatch
 
 # a small CLIP with every ViT-B/16 wiring (CLS, learned positions, ln_pre, QuickGELU, causal text, projections)
@@ -15,16 +16,12 @@ SMALL = dict(vision_width=64, vision_layers=2, vision_heads=4, patch=8, image=32
 
 
 def _build(**kw):
-    from vidtldr_pl.backbones.vificlip import ViFiCLIP
-    from vidtldr_pl.backbones.vificlip.model import VIFICLIP_CONFIGS
-
     s = SMALL
-    cfg = VIFICLIP_CONFIGS["vificlip_b16"](
+    return create_model("vificlip_b16",
         depth=s["vision_layers"], num_heads=s["vision_heads"], patch_size=s["patch"], img_size=s["image"],
         num_frames=3, vocab_size=s["vocab"], context_length=s["context"], text_width=s["text_width"],
         text_layers=s["text_layers"], text_heads=s["text_heads"], vision_width=s["vision_width"], embed_dim=s["embed"],
-        **kw)
-    return ViFiCLIP(cfg).eval()
+        **kw).eval()
 
 
 def _open_clip_model():

@@ -2,7 +2,9 @@
 Lightning callback (umt_tiny, a real mp4 in tmp_path)."""
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -10,11 +12,21 @@ import torch
 from PIL import Image
 from test_sweep import tiny_retrieval_config, write_clip
 
-from vidtldr_pl import visualize
 from vidtldr_pl.backbones import create_model
 from vidtldr_pl.callbacks.merge_maps import MergeMapsCallback
 from vidtldr_pl.merging import MergeSetting, apply_merge, find_mergeable
 
+
+def _tool():
+    """tools/visualize.py (a command outside the package: it decodes with data_modules)."""
+    spec = importlib.util.spec_from_file_location("visualize", Path(__file__).resolve().parents[1] / "tools" /
+                                                  "visualize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+visualize = _tool()
 R = [8, 4]  # umt_tiny: 4 frames x 4 x 4 patches = 64 tokens, 4 blocks
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vidtldr_pl.backbones.umt import create_umt
+from vidtldr_pl.backbones import create_model
 from vidtldr_pl.merging import (
     AttentionInfo,
     negative_entropy_from_probs,
@@ -69,7 +69,7 @@ def main() -> None:
     }
 
     # A patched UMT vision encoder: fused attention + Triton saliency against the explicit official path.
-    enc = create_umt("umt_tiny").vision_encoder.eval()
+    enc = create_model("umt_tiny").vision_encoder.eval()
     with torch.no_grad():
         for name, p in enc.named_parameters():
             if p.ndim >= 2:
@@ -99,7 +99,7 @@ def official_block_stacks(fixtures: Path, device: torch.device, backend: str = "
     chunked and explicit paths)."""
     from fixtures_official import load_case
 
-    from vidtldr_pl.backbones.umt.vision import Block
+    from vidtldr_pl.backbones.layers import Block
     from vidtldr_pl.merging import LayerMerge, MergeState, VidTLDR
 
     out = {}

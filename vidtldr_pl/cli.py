@@ -17,12 +17,12 @@ from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .cli_help import HELP_ALL_FLAG, config_dir, help_requested, short_help
-
-from .run_control import (RunInterrupted, StopOnSignal, _get, check_merge_settings, is_first_process,
+from .errors import EXIT_USAGE, CheckpointError, MergeOverrideError, UsageError, user_error_in
+from .merging import MergeOverride, MergeSetting
+from .preflight import CHECKPOINT_HINT, parser_error_line
+from .run_control import (RunInterrupted, StopOnSignal, check_merge_settings, is_first_process,
                           reserve_logger_version, unique_path)
-from .preflight import CHECKPOINT_HINT, UsageError, find_config, parser_error_line, resolve_config_args  # noqa: F401
 from .strategy_check import exit_on_unusable_strategy
-from .errors import MergeOverrideError
 
 
 class _NoAdverts(logging.Filter):
@@ -55,83 +55,70 @@ MERGE_CALLBACK = "vidtldr_pl.callbacks.TokenMerging"
 
 
 def _is_token_merging(callback: Any) -> bool:
+    """Whether a parsed (not yet instantiated) callback node names TokenMerging or a subclass."""
     from .callbacks import TokenMerging
 
-    class_path = getattr(callback, "class_path", None)
-    if class_path is None:
-        return isinstance(callback, TokenMerging)
-    module, _, name = str(class_path).rpartition(".")
+    module, _, name = str(callback.get("class_path", "")).rpartition(".")
     try:
         cls = getattr(import_module(module), name)
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError):
         return False
     return isinstance(cls, type) and issubclass(cls, TokenMerging)
 
 
 def apply_merge_override(config: Any, stage: str) -> None:
-    """Apply ``--merge.method`` / ``--merge.r`` / ``--merge.layers`` to a parsed (not yet instantiated) config.
+    """Apply the ``merge`` group (``--merge.method`` / ``--merge.r`` / ``--merge.layers``, a MergeOverride) to a
+    parsed (not yet instantiated) config, so that the saved config is the run's.
 
-    - With ``method``: this one setting is the run's merging. The TokenMerging callback (added if missing) takes
-      ``method``, ``r`` and ``layers``; an r not given is the callback's, else the first merging ``compare`` row's;
-      ``compare`` is dropped, so evaluate.py reports this one setting.
+    - With ``method``: this one setting (method, r, layers) is the run's merging. The TokenMerging callback (added
+      if missing) takes it; an r not given is the callback's, else the first merging ``compare`` row's; ``compare``
+      is dropped, so evaluate.py reports this one setting.
     - ``r`` / ``layers`` alone: they replace r / layers wherever the config merges: its TokenMerging callback and
       every ``compare`` row whose method is not "none" (a comparison stays a comparison at the new schedule).
 
     Raises MergeOverrideError when nothing would change: r without a method in a config that does not merge (in
     train.py, without a TokenMerging callback), or a method that merges with no r anywhere.
     """
-    from .merging import MergeSetting
+    from jsonargparse import Namespace
 
-    merge = _get(config, "merge")
-    method, r, layers = (_get(merge, k) for k in ("method", "r", "layers")) if merge is not None else (None,) * 3
-    if method is None and r is None and layers is None:
+    override = MergeOverride(**(config.get("merge") or {}))
+    if not override.given:
         return
     trainer = config.trainer
-    callbacks = _get(trainer, "callbacks")
-    if callbacks is None:
-        callbacks = []
-    elif not isinstance(callbacks, list):
-        callbacks = [callbacks]
-    merging = [cb for cb in callbacks if _is_token_merging(cb)]
-    rows = list(_get(config, "compare") or [])
+    callbacks = trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    merging = [cb.init_args for cb in callbacks if _is_token_merging(cb)]  # parsed: every init arg is present
+    rows = list(config.get("compare") or [])
 
-    if method is not None:
-        if r is None:
-            sources = [cb.init_args for cb in merging] + rows
-            r = next((_get(src, "r") for src in sources if _get(src, "method", "none") != "none"
-                      and _get(src, "r") is not None), None)
-        setting = MergeSetting(method=method, r=r, layers=layers)
+    if override.method is not None:
+        if override.r is None:
+            override.r = next((node.r for node in merging + rows if node.method != "none" and node.r is not None),
+                              None)
+        setting = MergeSetting(**vars(override))
         try:
             setting.check()
         except ValueError as err:
-            raise MergeOverrideError(f"--merge.method={method}: {err}") from None
-        if setting.merges and r is None:
-            raise MergeOverrideError(f"--merge.method={method} needs --merge.r (the config has no r to reuse)")
-        if merging:
-            for cb in merging:
-                cb.init_args.method, cb.init_args.r, cb.init_args.layers = method, r, layers
-        else:
-            from jsonargparse import Namespace
-
-            callbacks.append(Namespace(class_path=MERGE_CALLBACK, init_args=Namespace(
-                method=method, r=r, layers=layers, trace_source=False, attention="fused", method_options=None,
-                target=None)))
-            trainer.callbacks = callbacks
+            raise MergeOverrideError(f"--merge.method={override.method}: {err}") from None
+        if setting.merges and setting.r is None:
+            raise MergeOverrideError(f"--merge.method={override.method} needs --merge.r (the config has no r to "
+                                     "reuse)")
+        for node in merging:
+            node.update(Namespace(**vars(override)))
+        if not merging:  # the callback's own defaults for every other init arg
+            added = Namespace(class_path=MERGE_CALLBACK, init_args=Namespace(**vars(override)))
+            trainer.callbacks = [*callbacks, added]
         config.compare = None
         return
 
-    targets = [cb.init_args for cb in merging if _get(cb.init_args, "method", "vidtldr") != "none"]
+    targets = [node for node in merging if node.method != "none"]
     if stage == "evaluate":
-        targets += [row for row in rows if _get(row, "method", "none") != "none"]
+        targets += [row for row in rows if row.method != "none"]
     if not targets:
         where = "no TokenMerging callback" + ("" if stage == "fit" else ", no `compare` row that merges")
         raise MergeOverrideError(f"--merge.r / --merge.layers: the config has no merging to change ({where}); "
                                  "give --merge.method too, e.g. --merge.method=vidtldr")
-    for target in targets:
-        if r is not None:
-            target.r = r
-        if layers is not None:
-            target.layers = layers
+    for node in targets:
+        node.update(Namespace(**override.given))
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -178,13 +165,15 @@ class SaveRunConfig(SaveConfigCallback):
 class VidTLDRCLI(LightningCLI):
     """LightningCLI (model / data / trainer as class_path + init_args) plus the evaluation options:
 
-    - ``compare``: a list of merge settings (MergeRun: method, r, layers, name) evaluated one after another;
+    - ``compare``: a list of MergeSettings (method, r, layers, name, ...) evaluated one after another;
     - ``split``: "test" (default) or "validate";
     - ``results``: the JSON file of the evaluation (default: <log dir or default_root_dir>/results.json);
     - ``ckpt_path``: train.py resumes from this checkpoint;
-    - ``merge.method`` / ``merge.r`` / ``merge.layers``: the merge setting of this run (``apply_merge_override``).
+    - ``merge``: a MergeOverride (``--merge.method`` / ``--merge.r`` / ``--merge.layers``), the merge setting of
+      this run (``apply_merge_override``).
 
-    Both scripts accept every option, so one config serves both. ``stage``: "evaluate" or "fit".
+    Both scripts accept every option, so one config serves both. ``stage``: "evaluate" or "fit". Built with
+    ``run=False`` (no subcommands): ``self.config`` / ``self.config_init`` hold model, data and trainer at the top.
     """
 
     def __init__(self, *args: Any, stage: str = "evaluate", **kwargs: Any) -> None:
@@ -192,59 +181,41 @@ class VidTLDRCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        from vidtldr_pl.compare import MergeRun
-
-        parser.add_argument("--compare", type=list[MergeRun] | None, default=None,
+        parser.add_argument("--compare", type=list[MergeSetting] | None, default=None,
                             help="merge settings evaluated in a row, e.g. [{method: none}, {method: vidtldr, r: [100]}]")
         parser.add_argument("--split", type=str, default="test", help="evaluation split: test | validate")
         parser.add_argument("--results", type=str | None, default=None, help="JSON file for the evaluation results")
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="train.py: resume from this checkpoint (\"last\": the newest in the run folder)")
-        group = parser.add_argument_group(
-            "Merging of this run", "Override the config's token merging (TokenMerging callback and `compare` rows).")
-        group.add_argument("--merge.method", type=str | None, default=None,
-                           help="merge with this method only (none, tome, vidtldr, ...): replaces the config's "
-                                "TokenMerging callback and `compare` rows")
-        group.add_argument("--merge.r", type=list[int | float] | int | float | str | None, default=None,
-                           help="tokens removed per block ([600,200,100]) or one count / fraction at --merge.layers; "
-                                "alone, it replaces r wherever the config merges")
-        group.add_argument("--merge.layers", type=list[int] | None, default=None,
-                           help="blocks a single r applies to")
+        parser.add_class_arguments(MergeOverride, "merge", help="Merging of this run: override the config's token "
+                                   "merging (TokenMerging callback and `compare` rows).")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
         try:
-            apply_merge_override(config, self.stage)
+            apply_merge_override(self.config, self.stage)
         except MergeOverrideError as err:  # a usage error: one line, exit code 2 (as argparse)
             print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        exit_on_unusable_strategy(config.get("trainer"))  # DeepSpeed / a GPU accelerator without CUDA: one line, exit 2
-        reserve_logger_version(config.get("trainer"))  # version_N taken atomically: concurrent runs never share it
+            raise SystemExit(err.exit_code) from None
+        trainer = self.config.get("trainer")
+        exit_on_unusable_strategy(trainer)  # DeepSpeed / a GPU accelerator without CUDA: one line, exit 2
+        reserve_logger_version(trainer)  # version_N taken atomically: concurrent runs never share it
 
-    def instantiate_classes(self) -> None:
-        """As LightningCLI, with jsonargparse's ``instantiate`` (``instantiate_classes`` is deprecated there)."""
-        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes
-        self.config_init = instantiate(self.config)
-        self.datamodule = self._get(self.config_init, "data")
-        self.model = self._get(self.config_init, "model")
-        self._add_configure_optimizers_method_to_model(self.subcommand)
-        self.trainer = self.instantiate_trainer()
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
-        """Adds ``LogProgressBar`` (batches as log lines) when stderr is not a terminal, unless the config turns the
-        progress bar off or brings its own."""
-        given = config.get("callbacks") or []
-        given = given if isinstance(given, list) else [given]
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """As LightningCLI, plus ``LogProgressBar`` (batches as log lines) when stderr is not a terminal, unless the
+        config turns the progress bar off or brings its own; without a logger, no LearningRateMonitor."""
+        config = {**(self.config_init.get("trainer") or {}), **kwargs}
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.get("logger") is False:  # --trainer.logger=false: LearningRateMonitor would raise at the start
             from lightning.pytorch.callbacks import LearningRateMonitor
 
-            given = config["callbacks"] = [cb for cb in given if not isinstance(cb, LearningRateMonitor)]
-        own_bar = any(isinstance(cb, ProgressBar) for cb in [*given, *callbacks])
+            callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        own_bar = any(isinstance(cb, ProgressBar) for cb in callbacks)
         if config.get("enable_progress_bar") is not False and not own_bar and not _stderr_is_terminal():
             from .callbacks.progress import LogProgressBar
 
-            callbacks = [*callbacks, LogProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
+            callbacks.append(LogProgressBar())
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
 
 
 def unreadable_resume_checkpoint(err: BaseException, ckpt_path: str | None) -> UsageError | None:
@@ -298,14 +269,14 @@ class EvaluationProgress:
                 f"written to {self.path}")
 
 
-def merge_settings_of(cli: VidTLDRCLI, stage: str) -> list[tuple[str, Any]]:
+def merge_settings_of(cli: VidTLDRCLI, stage: str) -> list[tuple[str, MergeSetting]]:
     """(where, setting) of every merge setting the run will use: each ``compare`` row, the TokenMerging callback."""
     from .callbacks import TokenMerging
 
-    rows = list(cli.config.compare or []) if stage == "evaluate" else []
-    found = [(f"compare row {i + 1} ({_get(row, 'name') or _get(row, 'method')})", row) for i, row in enumerate(rows)]
+    rows = list(cli.config_init.compare or []) if stage == "evaluate" else []
+    found = [(f"compare row {i + 1} ({row.label})", row) for i, row in enumerate(rows)]
     if not found:
-        found = [(f"TokenMerging callback ({cb.method})", {"method": cb.method, "r": cb.r, "layers": cb.layers})
+        found = [(f"TokenMerging callback ({cb.setting.method})", cb.setting)
                  for cb in cli.trainer.callbacks if isinstance(cb, TokenMerging)]
     return found
 
@@ -315,14 +286,13 @@ def _evaluate(cli: VidTLDRCLI, progress: EvaluationProgress) -> None:
 
     cfg = cli.config
     split = {"val": "validate", "valid": "validate"}.get(cfg.split, cfg.split)
-    runs = list(cfg.compare or []) or [None]
+    runs = list(cli.config_init.compare or []) or [None]
     progress.total = len(runs)
     # every process reads the path (trainer.log_dir is a collective); rank 0 creates it exclusively
     path = Path(cfg.results) if cfg.results else default_results_path(cli.trainer)
     rows: list[dict[str, Any]] = []
     for i, run in enumerate(runs):
-        progress.current = f"evaluation {i + 1} of {len(runs)}" + (f" ({_get(run, 'name') or _get(run, 'method')})"
-                                                                     if run is not None else "")
+        progress.current = f"evaluation {i + 1} of {len(runs)}" + (f" ({run.label})" if run is not None else "")
         rows += evaluate_runs(cli.trainer, cli.model, cli.datamodule, [run] if run is not None else None, split)
         if cli.trainer.is_global_zero:
             progress.path = write_results(rows, path, _plain(cfg))  # after every row: a stopped run keeps them
@@ -385,13 +355,9 @@ def _run(stage: str, argv: list[str]) -> int:
     """Build model, data and trainer from argv; run ``trainer.fit`` ("fit") or the evaluation ("evaluate": every
     ``compare`` run on the chosen split, a results table and a JSON file).
 
-    Missing or malformed inputs (data, annotations, checkpoints) end with a short message and exit code 2.
+    A user error (``vidtldr_pl.errors``: missing or malformed data, annotations, checkpoints, options) ends with a
+    one-line message and its exit code (2); anything else keeps its traceback.
     """
-    from vidtldr_pl.data_modules.annotations import AnnotationError
-    from vidtldr_pl.data_modules.video import VideoDecodeError
-    from vidtldr_pl.tasks.retrieval import IncompleteEvaluationError
-    from vidtldr_pl.backbones.umt.checkpoint import CheckpointError
-
     wanted = help_requested(argv)
     if wanted == "short":
         print(short_help(stage, config_dir()))
@@ -430,17 +396,14 @@ def _run(stage: str, argv: list[str]) -> int:
         if is_first_process():
             print(f"error: stopped by {stopped.name} {what}", file=sys.stderr, flush=True)
         return stopped.exit_code
-    except (ArgumentError, UsageError) as err:  # a usage error: one line (with a "did you mean"), exit code 2
-        print(f"error: {parser_error_line(str(err)) if isinstance(err, ArgumentError) else err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, (FileNotFoundError, CheckpointError, AnnotationError, VideoDecodeError,
-                                                           IncompleteEvaluationError)):
-            cause = cause.__cause__ or cause.__context__
+    except ArgumentError as err:  # the parser's: one line (with a "did you mean"), exit code 2
+        print(f"error: {parser_error_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # jsonargparse and Lightning wrap what a constructor or hook raised
+        cause = user_error_in(err)
         if cause is None:
             raise
         hint = f" ({CHECKPOINT_HINT})" if isinstance(cause, CheckpointError) and "not found" in str(cause) else ""
         print(f"error: {cause}{hint}", file=sys.stderr)
-        return 2
+        return getattr(cause, "exit_code", EXIT_USAGE)  # FileNotFoundError has none
     return 0

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,16 +28,8 @@ from rich.table import Table
 from .callbacks import TokenMerging
 from .callbacks.measure import NOT_TIMED, EncoderStats
 from .flops.report import compact_tokens
-from .merging import MergeSetting, as_setting
+from .merging import MergeSetting
 from .metrics.retrieval import READABLE_NAMES
-
-
-MergeRun = MergeSetting  # one row of a comparison: method, r, layers, name, method_options (, attention)
-
-
-def as_merge_run(run: MergeSetting | Mapping[str, Any] | Any) -> MergeSetting:
-    """A MergeSetting from a MergeSetting, a dict or a jsonargparse Namespace (what the CLI parses)."""
-    return as_setting(run)
 
 
 def _merging_callback(trainer: pl.Trainer) -> TokenMerging | None:
@@ -46,21 +38,19 @@ def _merging_callback(trainer: pl.Trainer) -> TokenMerging | None:
 
 
 def use_merging(trainer: pl.Trainer, run: MergeSetting) -> TokenMerging:
-    """Replace the trainer's TokenMerging callback by one for ``run`` (keeping its attention mode, target and
-    source tracing unless the run sets them)."""
-    old = _merging_callback(trainer)
-    attention = run.attention or (old.attention if old else "fused")
-    new = TokenMerging(
-        method=run.method, r=run.r, layers=run.layers, method_options=run.method_options, attention=attention,
-        target=old.target if old else None, trace_source=run.trace_source or (old.trace_source if old else False),
-    )
+    """Replace the trainer's TokenMerging callback by one for ``run``, keeping the old callback's target, and its
+    attention mode and source tracing unless the run sets them (a fresh callback's without one)."""
+    old = _merging_callback(trainer) or TokenMerging()
+    setting = replace(run, attention=run.attention or old.setting.attention,
+                      trace_source=run.trace_source or old.setting.trace_source)
+    new = TokenMerging(**vars(setting), target=old.target)
     callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, TokenMerging)]
     trainer.callbacks = callbacks + [new]
     return new
 
 
 def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule,
-                  runs: list[MergeRun] | None, split: str = "test") -> list[dict[str, Any]]:
+                  runs: list[MergeSetting] | None, split: str = "test") -> list[dict[str, Any]]:
     """Evaluate ``model`` once per run (or once with the configured callbacks when ``runs`` is empty).
 
     Returns one dict per run: ``name``, ``method``, ``r``, the task's ``results`` (metrics) and what the
@@ -73,7 +63,6 @@ def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
         stats = EncoderStats()
         trainer.callbacks.append(stats)
     rows = []
-    runs = [as_merge_run(r) for r in runs or []]
     take_skipped = getattr(datamodule, "take_skipped", None)  # videos skipped under skip_errors (data_modules.skips)
     for run in runs or [None]:
         callback = use_merging(trainer, run) if run is not None else _merging_callback(trainer)
@@ -81,12 +70,9 @@ def evaluate_runs(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
         if callable(take_skipped):
             take_skipped()  # forget what an earlier stage skipped
         logged = getattr(trainer, split)(model, datamodule=datamodule, verbose=False)
-        row: dict[str, Any] = {
-            "name": run.label if run else (callback.method if callback else "none"),
-            "method": callback.method if callback else "none",
-            "r": callback.r if callback else None,
-            "layers": callback.layers if callback else None,
-        }
+        setting = callback.setting if callback else MergeSetting()
+        row: dict[str, Any] = {"name": setting.label, "method": setting.method, "r": setting.r,
+                               "layers": setting.layers}
         results = getattr(model, "results", None)
         if results is None:  # any other LightningModule: what it logged
             results = {k: v for d in logged or [] for k, v in d.items()}
@@ -217,5 +203,5 @@ def print_results(rows: list[dict[str, Any]], title: str = "", console: Console 
         console.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
-__all__ = ["CLASSIFICATION_COLUMNS", "MergeRun", "MergeSetting", "evaluate_runs", "results_table", "write_results",
+__all__ = ["CLASSIFICATION_COLUMNS", "evaluate_runs", "results_table", "write_results",
            "print_results", "use_merging"]

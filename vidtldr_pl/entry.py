@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 
 from .cli_help import exit_on_short_help
-from .preflight import EXIT_USAGE, UsageError, check
+from .errors import UsageError
+from .preflight import check
 
 
 def run(stage: str, argv: list[str] | None = None) -> int:
@@ -17,7 +18,7 @@ def run(stage: str, argv: list[str] | None = None) -> int:
         argv = check(argv, stage)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return err.exit_code
     from .cli import run_cli
 
     return run_cli(stage, argv)

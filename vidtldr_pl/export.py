@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .backbones.umt.checkpoint import CheckpointError, read_state_dict
+from .backbones.checkpoint import read_state_dict
+from .errors import CheckpointError
 
 PREFIX = "model."
 

@@ -24,8 +24,6 @@ import yaml
 
 from .cli_help import HELP_ALL_FLAG, HELP_FLAGS, config_dir
 from .errors import UsageError
-
-EXIT_USAGE = 2
 TOP_LEVEL_KEYS = ("model", "data", "trainer", "seed_everything", "compare", "split", "results", "ckpt_path", "merge",
                   "optimizer", "lr_scheduler", "config", "print_config")
 FLAGS = (*HELP_FLAGS, HELP_ALL_FLAG)
@@ -315,5 +313,5 @@ def parser_error_line(message: str) -> str:
     return lines[0] if lines else "invalid command line"
 
 
-__all__ = ["EXIT_USAGE", "UsageError", "check", "did_you_mean", "find_config", "gather", "missing_inputs",
+__all__ = ["check", "did_you_mean", "find_config", "gather", "missing_inputs",
            "parser_error_line", "resolve_config_args"]

@@ -17,12 +17,15 @@ import re
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from .preflight import UsageError
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .merging import MergeSetting
 
 
 class RunInterrupted(BaseException):
@@ -218,17 +221,15 @@ def _set(ns: Any, key: str, value: Any) -> None:
 
 
 # ------------------------------------------------------------------ merge settings before any decoding
-def check_merge_settings(model: Any, settings: list[tuple[str, Any]]) -> None:
+def check_merge_settings(model: Any, settings: list[tuple[str, MergeSetting]]) -> None:
     """Each (where, setting) against every mergeable encoder of ``model``: method known, r valid and fitting the
     blocks. Raises UsageError naming the row / callback and the problem."""
     from .merging import find_mergeable
     from .merging.schedule import build_schedule
-    from .merging.setting import as_setting
 
     encoders = find_mergeable(model)
-    for where, value in settings:
+    for where, setting in settings:
         try:
-            setting = as_setting(value)
             setting.check()
             if setting.merges:
                 for encoder in encoders:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import METHOD_NAMES  # the heavy imports happen in run_search, so that --help answers at once
+from .errors import EXIT_USAGE, UserError
 
 log = logging.getLogger("vidtldr_pl.search")
 
@@ -82,7 +83,8 @@ def run_search(args: argparse.Namespace, config_argv: list[str]) -> dict[str, An
     t_start = time.perf_counter()
     if args.method not in METHOD_NAMES:
         raise ValueError(f"--method {args.method!r}: choose one of {list(METHOD_NAMES)}")
-    from .cli import _plain, build_cli, resolve_config_args
+    from .cli import _plain, build_cli
+    from .preflight import resolve_config_args
     from .compare import evaluate_runs, write_results
     from .explore import CachedEvalDataModule
     from .explore.families import family_schedule, fit_amplitude, parse_schedule
@@ -170,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run_search(args, rest)
-    except ValueError as err:
+    except (ValueError, UserError) as err:  # a bad option value, a missing or malformed input
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return 0
 
 

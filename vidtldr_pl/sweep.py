@@ -21,6 +21,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from .catalog import METHOD_NAMES
+from .errors import EXIT_USAGE, UserError
 
 if TYPE_CHECKING:  # the heavy imports happen in the functions, so that --help answers at once
     from .explore.flops_cost import FlopsCost
@@ -127,7 +128,8 @@ def replot(out: Path, metric: str | None = None) -> None:
 
 def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
     """Build the config's model / data / trainer, decode the split once, evaluate every point; write the outputs."""
-    from .cli import _plain, build_cli, resolve_config_args
+    from .cli import _plain, build_cli
+    from .preflight import resolve_config_args
     from .compare import evaluate_runs, format_speed, print_results, write_results
     from .explore import CachedEvalDataModule, parse_schedules
     from .explore.flops_cost import FlopsCost
@@ -200,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             replot(Path(args.out), args.metric)
             return 0
         run_sweep(args, rest)
-    except ValueError as err:
+    except (ValueError, UserError) as err:  # a bad option value, a missing or malformed input
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return 0
 
 

@@ -41,13 +41,14 @@ class DualEncoder(Protocol):
         """video (B, T, 3, H, W) -> (tokens (B, N', Dv), pooled (B, Dv))."""
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, L) ids and mask -> text hidden states (B, L, Dt)."""
+        """(B, L) ids and mask -> text features: hidden states (B, L, Dt) (UMT) or pooled (B, Dt) (CLIP), whatever
+        ``text_embed`` and (for a FusionModel) ``itm_logits`` take."""
 
     def vision_embed(self, pooled: Tensor) -> Tensor:
         """pooled (B, Dv) -> L2-normalised embedding (B, E)."""
 
     def text_embed(self, text_hidden: Tensor) -> Tensor:
-        """text hidden states (B, L, Dt) -> L2-normalised embedding (B, E)."""
+        """text features from ``encode_text`` -> L2-normalised embedding (B, E)."""
 
     def temperature(self, clamp: bool = False) -> Tensor:
         """The contrastive temperature tau (logits = cosine / tau), a differentiable tensor of one element.
@@ -84,8 +85,8 @@ class ZeroShotClassifier(VideoClassifier, Protocol):
 
     class_names: list[str]
 
-    def set_class_names(self, names: Sequence[str]) -> Tensor:
-        """Encode one prompt per name; returns the class features (K, E)."""
+    def set_class_names(self, names: Sequence[str], template: str = ...) -> Tensor:
+        """Encode ``template.format(name)`` for every name; returns the class features (K, E)."""
 
 
 @runtime_checkable

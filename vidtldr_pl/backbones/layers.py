@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ..merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState
 from ..merging.shift import representation_shift
 from ..ops import ATTENTION_MODES, attention
+from .interfaces import VideoEncoder
 
 QKV_BIAS = ("qv", "qkv", "none")
 ACTIVATIONS = ("gelu", "quick_gelu")
@@ -245,6 +246,8 @@ class ViTEncoder(MergeableEncoder):
     The merge contract: ``blocks`` with a merge slot, ``num_prefix_tokens`` (the CLS token, never merged), a
     fresh MergeState threaded through the blocks of each forward.
     """
+
+    implements = (VideoEncoder,)
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()

@@ -1,12 +1,20 @@
 """The model registry (timm's pattern): ``create_model(name, checkpoint=None, **overrides)`` and ``list_models()``.
 
-A backbone file registers each preset with ``@register_model``; the builder takes keyword overrides (config
-fields such as ``num_frames=8`` or ``attention="explicit"``) and returns an ``nn.Module`` with at least one
-mergeable encoder. ``pretrained_cfg`` says what input the preset expects and how its checkpoints load.
+A family file registers each preset with one decorated function named as the model, next to the family's model::
+
+    @register_model(loader=load_umt_checkpoint, num_frames=12, img_size=224, task="retrieval", description="...")
+    def umt_b16(**overrides) -> UMT:
+        return UMT(UMTConfig(VisionConfig.vit_b16(**overrides), ...))
+
+The decorator's keywords are the preset's ``PretrainedCfg``; the function receives the config overrides (fields
+such as ``num_frames=8`` or ``attention="explicit"``), with ``num_frames`` and ``img_size`` defaulting to the
+pretrained_cfg's, and returns an ``nn.Module`` with at least one mergeable encoder. This module imports no family:
+``vidtldr_pl.backbones`` (the package ``__init__``) imports them, which registers their presets.
 """
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +22,8 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import CheckpointError, LoadReport
-from ..errors import UnknownWeightsError
+from ..errors import CheckpointError, UnknownWeightsError
+from .checkpoint import LoadReport
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -49,31 +57,35 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, loader: Loader | None = None, **cfg: Any) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder(**overrides) -> nn.Module`` under ``name``; ``loader(model, path, strict)``
-    reads a checkpoint file into it; ``cfg``: PretrainedCfg fields."""
+def register_model(fn: Builder | None = None, *, name: str | None = None, loader: Loader | None = None,
+                   **cfg: Any) -> Any:
+    """Decorator, bare (``@register_model``) or with keywords: register ``fn(**overrides) -> nn.Module`` under
+    ``name`` (default: the function's name); ``loader(model, path, strict)`` reads a checkpoint file into it;
+    ``cfg``: PretrainedCfg fields. Returns the preset with ``num_frames`` / ``img_size`` defaulting to cfg's."""
 
     def wrap(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, loader, PretrainedCfg(**cfg))
-        return builder
+        key = name or builder.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        pretrained = PretrainedCfg(**cfg)
 
-    return wrap
+        @functools.wraps(builder)
+        def preset(**overrides: Any) -> nn.Module:
+            return builder(**{"num_frames": pretrained.num_frames, "img_size": pretrained.img_size, **overrides})
 
+        _REGISTRY[key] = ModelEntry(key, preset, loader, pretrained)
+        return preset
 
-def _ensure_backbones() -> None:
-    from . import umt, videomae, vificlip  # noqa: F401  (registration side effects)
+    return wrap(fn) if fn is not None else wrap
 
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Registered names matching a shell pattern (e.g. "videomae_*"), optionally of one task."""
-    _ensure_backbones()
     return sorted(n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (task is None or e.cfg.task == task))
 
 
 def model_entry(name: str) -> ModelEntry:
-    _ensure_backbones()
+    """The registered preset ``name`` (ValueError listing the registered ones if unknown)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -83,16 +95,15 @@ def pretrained_cfg(name: str) -> PretrainedCfg:
     return model_entry(name).cfg
 
 
-def resolve_checkpoint(checkpoint: str, name: str | None = None) -> str:
+def resolve_checkpoint(checkpoint: str) -> str:
     """``builtin:<weights>`` -> the file shipped in vidtldr_pl/weights (any registered model's); paths unchanged."""
     if not checkpoint.startswith("builtin:"):
         return checkpoint
     wanted = checkpoint.split(":", 1)[1]
-    _ensure_backbones()
     shipped = {w: f for e in _REGISTRY.values() for w, f in e.cfg.builtin_weights.items()}
     if wanted not in shipped:
         raise UnknownWeightsError(f"unknown built-in weights {checkpoint!r}; choose one of "
-                              f"{', '.join('builtin:' + k for k in sorted(shipped))}")
+                                  f"{', '.join('builtin:' + k for k in sorted(shipped))}")
     return str(WEIGHTS_DIR / shipped[wanted])
 
 
@@ -109,11 +120,11 @@ def create_model(name: str, checkpoint: str | None = None, strict: bool = True, 
     if checkpoint is not None:
         if entry.loader is None:
             raise CheckpointError(f"model {name!r} has no checkpoint loader")
-        report = entry.loader(model, resolve_checkpoint(checkpoint, name), strict)
+        report = entry.loader(model, resolve_checkpoint(checkpoint), strict)
         if report is not None:
             model.load_report = report
     return model
 
 
-__all__ = ["ModelEntry", "PretrainedCfg", "create_model", "list_models", "model_entry", "pretrained_cfg",
-           "register_model", "resolve_checkpoint"]
+__all__ = ["WEIGHTS_DIR", "ModelEntry", "PretrainedCfg", "create_model", "list_models", "model_entry",
+           "pretrained_cfg", "register_model", "resolve_checkpoint"]

@@ -2,6 +2,4 @@
 from .measure import EncoderStats
 from .vidtldr import TokenMerging
 
-VidTLDRCallback = TokenMerging
-
-__all__ = ["EncoderStats", "TokenMerging", "VidTLDRCallback"]
+__all__ = ["EncoderStats", "TokenMerging"]

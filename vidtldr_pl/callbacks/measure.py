@@ -90,16 +90,9 @@ class EncoderStats(Callback):
         self._meters: list[_EncoderMeter] = []
         self._handles: list[RemovableHandle] = []
 
-    def _module(self, pl_module: pl.LightningModule) -> nn.Module:
-        module: nn.Module = pl_module
-        for name in (self.target or "").split("."):
-            if name:
-                module = getattr(module, name)
-        return module
-
     def _start(self, pl_module: pl.LightningModule) -> None:
         self._stop()
-        for encoder in find_mergeable(self._module(pl_module)):
+        for encoder in find_mergeable(pl_module.get_submodule(self.target or "")):
             meter = _EncoderMeter(encoder)
             self._meters.append(meter)
             self._handles.append(encoder.register_forward_pre_hook(meter.pre, with_kwargs=True))

@@ -6,7 +6,7 @@ YAML (trainer.callbacks)::
       init_args: {first_n: 4}
 
 For each of the first ``first_n`` videos of a validation / test epoch it writes ``<log dir>/merge_maps/<stage>_
-video<index>_grid.png``, ``.gif`` and ``_share.png`` / ``.svg`` (see ``vidtldr_pl.visualize``), with the model's
+video<index>_grid.png``, ``.gif`` and ``_share.png`` / ``.svg`` (see ``tools/visualize.py``), with the model's
 current merge setting (a method with a token saliency: vid-TLDR or vid-TLDR RepShift; others are skipped with one
 warning). Costs one extra encoder forward per shown video.
 """

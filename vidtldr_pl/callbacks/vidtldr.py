@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class TokenMerging(Callback):
-    """Patch the LightningModule's backbone with a merge method (through ``apply_merge``).
+    """Patch the LightningModule's backbone with one MergeSetting (``self.setting``, through ``apply_merge``).
 
     Args:
         method: "vidtldr", "tome", "random" or "none".
@@ -33,6 +33,9 @@ class TokenMerging(Callback):
             {"saliency_backend": "chunked"} for vid-TLDR). CLS tokens are protected by the backbone itself.
         target: attribute path of the module to patch (e.g. "model.vision_encoder"); default: the whole
             LightningModule (every mergeable encoder in it).
+        name: a label for results tables (default: the method).
+
+    ``TokenMerging(**vars(setting), target=...)`` builds the callback of a MergeSetting.
     """
 
     def __init__(
@@ -44,21 +47,12 @@ class TokenMerging(Callback):
         attention: str | None = "fused",
         method_options: dict | None = None,
         target: str | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
-        self.method = method
-        self.r = r
-        self.layers = layers
-        self.trace_source = trace_source
-        self.attention = attention
-        self.method_options = dict(method_options or {})
+        self.setting = MergeSetting(method=method, r=r, layers=layers, attention=attention,
+                                    method_options=method_options, trace_source=trace_source, name=name).check()
         self.target = target
-        self.setting.check()  # fail at construction on a bad name or option
-
-    @property
-    def setting(self) -> MergeSetting:
-        return MergeSetting(method=self.method, r=self.r, layers=self.layers, attention=self.attention,
-                            method_options=self.method_options, trace_source=self.trace_source)
 
     def _target(self, pl_module: pl.LightningModule) -> nn.Module:
         module: nn.Module = pl_module
@@ -72,10 +66,11 @@ class TokenMerging(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         module = self._target(pl_module)
         counts = apply_merge(module, self.setting)
-        if self.method != "none":
+        if self.setting.merges:
             for encoder, tokens in zip(find_mergeable(module), counts):
                 if tokens:
-                    log.info("token merging %s on %s: tokens per block %s", self.method, type(encoder).__name__, tokens)
+                    log.info("token merging %s on %s: tokens per block %s", self.setting.method, type(encoder).__name__,
+                             tokens)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         unpatch(self._target(pl_module))

@@ -82,14 +82,3 @@ def encoder_flops(encoder: nn.Module, video_shape: tuple[int, ...] | None = None
     report, _ = count_flops(lambda: functional_call(encoder, tensors, (video, state), strict=False))
     report.tokens_per_layer = list(state.tokens_per_layer)
     return report
-
-
-def vision_flops(encoder: nn.Module, frames: int, img_size: int, device: str | torch.device = "meta") -> FlopReport:
-    """FLOPs per video of a vision encoder returning (tokens, pooled[, state]) for a (1, 3, T, H, W) input.
-
-    device "meta" counts shapes only (instant, no memory); merging decisions do not change the count.
-    """
-    video = torch.zeros(1, 3, frames, img_size, img_size, device=device)
-    report, out = count_flops(lambda: encoder(video, return_state=True))
-    report.tokens_per_layer = list(out[2].tokens_per_layer)
-    return report

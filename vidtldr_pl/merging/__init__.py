@@ -16,12 +16,13 @@ from .saliency import (
 )
 from .shift import representation_shift
 from .schedule import ScheduleError, build_schedule, effective_r, token_counts
-from .setting import MergeSetting, apply_merge, as_setting, set_attention
+from .setting import MergeOverride, MergeSetting, apply_merge, set_attention
 from .state import AttentionInfo, MergeState
 
 __all__ = [
     "METHODS", "POSITIONS", "SALIENCY_BACKENDS", "AttentionInfo", "DropPlan", "LayerMerge", "MergeMethod", "MergePlan",
-    "MergeSettings", "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge", "as_setting", "set_attention",
+    "MergeOverride", "MergeSettings", "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge",
+    "set_attention",
     "RandomDrop", "RandomMerge", "RepShiftDrop", "SaliencyDrop", "ScheduleError", "ToMe", "VidTLDR",
     "VidTLDRRepShift", "bipartite_soft_matching", "build_method", "build_schedule", "drop_lowest", "effective_r",
     "find_mergeable", "keep_tokens", "merge_tokens", "merge_wavg", "negative_entropy_from_probs",

@@ -1,11 +1,11 @@
-"""One merge setting (method, r, layers, attention, options) and the one helper that applies it to a model.
+"""One merge setting (method, r, layers, attention, options), the partial setting the ``--merge.*`` options give,
+and the one helper that applies a setting to a model.
 
 The Lightning callback, ``compare``, the FLOPs report, the benchmarks and the tests all go through ``apply_merge``,
 so a setting means the same everywhere.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -50,16 +50,26 @@ class MergeSetting:
         return self
 
 
-def as_setting(value: MergeSetting | Mapping[str, Any] | Any, **defaults: Any) -> MergeSetting:
-    """A MergeSetting from a MergeSetting, a dict or a jsonargparse Namespace; ``defaults`` fill unset fields."""
-    if isinstance(value, MergeSetting):
-        return value
-    given = dict(value) if isinstance(value, Mapping) else dict(vars(value))
-    known = {f.name for f in fields(MergeSetting)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"unknown merge setting key(s) {unknown}; known: {sorted(known)}")
-    return MergeSetting(**{**{k: v for k, v in defaults.items() if v is not None}, **{k: v for k, v in given.items()}})
+@dataclass
+class MergeOverride:
+    """The ``--merge.*`` options of evaluate.py / train.py: a partial MergeSetting (None keeps the config's).
+
+    Args:
+        method: merge with this method only (none, tome, vidtldr, ...): replaces the config's TokenMerging callback
+            and `compare` rows
+        r: tokens removed per block ([600,200,100]) or one count / fraction at --merge.layers; alone, it replaces r
+            wherever the config merges
+        layers: blocks a single r applies to
+    """
+
+    method: str | None = None
+    r: list[int | float] | int | float | str | None = None
+    layers: list[int] | None = None
+
+    @property
+    def given(self) -> dict[str, Any]:
+        """The fields set (not None), by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 def set_attention(model: nn.Module, mode: str) -> None:
@@ -69,11 +79,10 @@ def set_attention(model: nn.Module, mode: str) -> None:
             encoder.set_attention(mode)
 
 
-def apply_merge(model: nn.Module, setting: MergeSetting | Mapping[str, Any]) -> list[list[int] | None]:
+def apply_merge(model: nn.Module, setting: MergeSetting) -> list[list[int] | None]:
     """Patch every mergeable encoder of model with ``setting`` (in place; "none" removes merging) and set its
     attention kernel. Returns, per encoder, the expected tokens after each block for its configured input (None
     when the encoder does not know its input size)."""
-    setting = as_setting(setting)
     patch(model, setting.method, r=setting.r, layers=setting.layers, trace_source=setting.trace_source,
           **(setting.method_options or {}))
     if setting.attention is not None:
@@ -90,4 +99,4 @@ def apply_merge(model: nn.Module, setting: MergeSetting | Mapping[str, Any]) -> 
     return counts
 
 
-__all__ = ["MergeSetting", "apply_merge", "as_setting", "set_attention"]
+__all__ = ["MergeOverride", "MergeSetting", "apply_merge", "set_attention"]

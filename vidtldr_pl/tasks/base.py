@@ -1,48 +1,101 @@
-"""What every task shares: per-step seeding for exact resume, the per-step LR schedule, the callbacks it needs.
+"""What every task shares: the model (built once from a name or given), per-step seeding for exact resume, the
+per-step LR schedule, the callbacks it needs and the Lightning evaluation hooks.
 
-A task subclasses ``VideoTask``, keeps ``seed``, ``warmup_epochs``, ``min_lr_ratio``, ``save_best`` (and optionally
-``save_every_n_steps``) in its hparams, sets ``checkpoint_monitor`` / ``checkpoint_filename`` and, if its reference
-uses another schedule formula, ``lr_schedule``.
+A task subclasses ``VideoTask``, calls ``super().__init__(model, checkpoint, model_overrides, ...)`` first (the base
+builds ``self.model`` and saves the subclass's arguments as hparams), keeps ``seed``, ``warmup_epochs``,
+``min_lr_ratio``, ``save_best`` (and optionally ``save_every_n_steps``) among them, sets ``checkpoint_monitor`` /
+``checkpoint_filename`` and, if its reference uses another schedule formula, ``lr_schedule``. Its evaluation defines
+``_reset()``, ``_eval_step(batch)``, ``_eval_end()`` and, when an epoch needs more than a reset to start,
+``_eval_start(stage)``; the base's Lightning hooks call them (a sanity-check epoch only resets: every protocol needs
+every sample).
 """
 from __future__ import annotations
 
-import warnings
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
+from ..backbones import create_model
+from ..backbones.interfaces import VideoEncoder
+from ..merging import find_mergeable
 from .distributed import rank_and_world
 from .optim import warmup_cosine
 
+D = TypeVar("D")
 
-_ALIAS_WARNED: set[str] = set()
 
+@runtime_checkable
+class SkipsErrors(Protocol):
+    """A datamodule that can drop unreadable videos: with ``skip_errors`` the evaluation scores those that remain."""
 
-def model_options(model_overrides: dict | None, vision_overrides: dict | None = None) -> dict:
-    """A task's options for the named model (``create_model(name, **options)``). ``model_overrides`` is their one
-    name in every task; ``vision_overrides``, the old name of the retrieval / QA / MC tasks, still works and warns
-    once per process."""
-    if vision_overrides:
-        if model_overrides:
-            raise ValueError("give the model options once, as model_overrides (vision_overrides is its old name)")
-        if "vision_overrides" not in _ALIAS_WARNED:
-            _ALIAS_WARNED.add("vision_overrides")
-            warnings.warn("vision_overrides is now model_overrides (the same option in every task); the old name "
-                          "still works", FutureWarning, stacklevel=3)
-        return dict(vision_overrides)
-    return dict(model_overrides or {})
+    @property
+    def skip_errors(self) -> bool: ...
 
 
 class VideoTask(pl.LightningModule):
-    """LightningModule base of the tasks (no tensor tricks: plumbing only)."""
+    """LightningModule base of the tasks (no tensor tricks: plumbing only).
+
+    Args:
+        model: a registered model name (``create_model(model, checkpoint=..., **model_overrides)``) or a model object.
+        checkpoint: checkpoint file (.pth / .safetensors) or ``builtin:<weights>``, for a model name only.
+        model_overrides: config fields of the named model (num_frames, drop_path_rate, ...), for a model name only.
+        gradient_checkpointing: recompute the mergeable encoders' attention / MLP in the backward pass (merging stays
+            outside the recomputed parts); None leaves the encoders as they are (a task without the option).
+
+    ``self.results`` holds what the last evaluation epoch measured (the task's metrics plus ``EncoderStats``').
+    """
 
     checkpoint_monitor: str | None = None  # metric of the "best" checkpoint, e.g. "top1"
     checkpoint_filename: str = "best-epoch{epoch}"
     lr_schedule: Callable[[int, int, int, float], float] = staticmethod(warmup_cosine)
+    # __init__ arguments kept out of the saved hyperparameters (save_hyperparameters reads every subclass's frame);
+    # a subclass saves them under its own names
+    hparams_ignore: tuple[str, ...] = ()
+    # the options that only a model name takes (the error for a model object names them)
+    name_only_options: str = "checkpoint / model_overrides"
 
     _schedule: tuple[int, int] | None = None  # (warm-up steps, total steps), known once training runs
+
+    def __init__(self, model: str | nn.Module, checkpoint: str | None = None, model_overrides: dict | None = None,
+                 gradient_checkpointing: bool | None = None) -> None:
+        super().__init__()
+        # the hparams are the arguments of the subclasses' __init__ (the caller's frame and those above it)
+        self.save_hyperparameters(ignore=[*self.hparams_ignore, *(["model"] if isinstance(model, nn.Module) else [])],
+                                  frame=inspect.currentframe().f_back)
+        if isinstance(model, nn.Module):
+            if checkpoint is not None or model_overrides:
+                raise ValueError(f"{self.name_only_options} apply to a model name; load a model object yourself")
+            self.model = model
+        else:
+            self.model = create_model(model, checkpoint=checkpoint, **(model_overrides or {}))
+        if gradient_checkpointing is not None:
+            for encoder in find_mergeable(self.model):
+                if isinstance(encoder, VideoEncoder):
+                    encoder.set_grad_checkpointing(gradient_checkpointing)
+        self.results: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ the datamodule
+    def _datamodule(self, protocol: type[D], members: str) -> D:
+        """The trainer's datamodule as ``protocol`` (a runtime-checkable Protocol); a TypeError naming ``members``
+        when it does not implement it."""
+        dm = self.trainer.datamodule
+        if dm is None or not isinstance(dm, protocol):
+            raise TypeError(f"{type(self).__name__} needs a datamodule implementing {protocol.__name__} ({members}); "
+                            f"got {type(dm).__name__}")
+        return dm
+
+    def _skips_errors(self) -> bool:
+        """Whether the datamodule drops unreadable videos (``skip_errors``) instead of failing."""
+        dm = self.trainer.datamodule
+        return isinstance(dm, SkipsErrors) and bool(dm.skip_errors)
+
+    def _stage(self) -> str:
+        """The evaluation running: "test" or "validate" (also the validation of a fit)."""
+        return "test" if self.trainer.testing else "validate"
 
     # ------------------------------------------------------------------ exact resume
     def _step_seed(self, batch_idx: int) -> int:
@@ -101,5 +154,47 @@ class VideoTask(pl.LightningModule):
                                              auto_insert_metric_name=False))
         return callbacks
 
+    # ------------------------------------------------------------------ evaluation (what each task defines)
+    def _reset(self) -> None:
+        """Forget what the evaluation epoch collected."""
+        raise NotImplementedError
 
-__all__ = ["VideoTask"]
+    def _eval_start(self, stage: str) -> None:
+        """Start an evaluation epoch of ``stage`` ("validate" / "test"): by default, forget the last one."""
+        self._reset()
+
+    def _eval_step(self, batch: Any) -> None:
+        """Collect what one evaluation batch gives."""
+        raise NotImplementedError
+
+    def _eval_end(self) -> None:
+        """Score the epoch into ``self.results`` (and log it)."""
+        raise NotImplementedError
+
+    def _end_epoch(self) -> None:
+        if self.trainer.sanity_checking:  # a few batches only: the protocols need every sample
+            self._reset()
+            return
+        self._eval_end()
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("validate")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_epoch()
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_epoch()
+
+
+__all__ = ["SkipsErrors", "VideoTask"]

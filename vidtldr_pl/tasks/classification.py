@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from ..backbones import create_model
 from ..merging import find_mergeable
 from ..preflight import checkpoint_hint
 from .distributed import all_gather_cat, gather_by_index
@@ -38,7 +37,6 @@ from .base import VideoTask
 from .optim import layer_decay_groups, warmup_cosine_floor
 
 log = logging.getLogger(__name__)
-
 
 
 @runtime_checkable
@@ -50,6 +48,14 @@ class ClassificationEvalData(Protocol):
     def num_views(self, stage: str) -> int: ...
 
     def num_videos(self, stage: str) -> int: ...
+
+
+@runtime_checkable
+class LabelledData(Protocol):
+    """A datamodule that knows its number of classes (checked against the model's outputs)."""
+
+    @property
+    def num_classes(self) -> int: ...
 
 
 def topk_accuracy(scores: Tensor, labels: Tensor, k: int) -> float:
@@ -111,9 +117,6 @@ class ClassificationTask(VideoTask):
     """
 
     checkpoint_monitor = "top1"
-    # subclass __init__ arguments kept out of the saved hyperparameters (save_hyperparameters reads the callers'
-    # frames too); a subclass saves them under its own names
-    hparams_ignore: tuple[str, ...] = ()
     checkpoint_filename = "best-epoch{epoch}-top1_{top1:.2f}"
     lr_schedule = staticmethod(warmup_cosine_floor)
 
@@ -139,20 +142,9 @@ class ClassificationTask(VideoTask):
         save_every_n_steps: int | None = None,
         gather_chunk: int = 4096,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=[*self.hparams_ignore, *(["model"] if isinstance(model, nn.Module) else [])])
-        if isinstance(model, nn.Module):
-            if checkpoint is not None or model_overrides:
-                raise ValueError("checkpoint / model_overrides apply to a model name; load a model object yourself")
-            self.model = model
-        else:
+        if isinstance(model, str):
             _check_checkpoint_file(model, checkpoint)
-            self.model = create_model(model, checkpoint=checkpoint, **(model_overrides or {}))
-        for encoder in find_mergeable(self.model):
-            if hasattr(encoder, "set_grad_checkpointing"):
-                encoder.set_grad_checkpointing(gradient_checkpointing)
-        self.results: dict[str, Any] = {}
-        self._schedule: tuple[int, int] | None = None  # (warm-up steps, total steps), known once training runs
+        super().__init__(model, checkpoint, model_overrides, gradient_checkpointing)
         self._reset()
 
     # ------------------------------------------------------------------ forward
@@ -166,9 +158,6 @@ class ClassificationTask(VideoTask):
         self._probs: list[Tensor] = []
         self._labels: list[Tensor] = []
         self._num_classes: int | None = None
-
-    def _stage(self) -> str:
-        return "test" if self.trainer.testing else "validate"
 
     def _eval_step(self, batch: dict[str, Tensor] | None) -> None:
         if batch is None:  # every sample of the batch was an unreadable video (skip_errors)
@@ -185,14 +174,14 @@ class ClassificationTask(VideoTask):
         self._labels.append(batch["label"].long().cpu())
 
     def _expected_classes(self) -> int | None:
-        dm = getattr(self.trainer, "datamodule", None)
-        n = getattr(dm, "num_classes", None)
+        dm = self.trainer.datamodule
+        n = dm.num_classes if isinstance(dm, LabelledData) else None
         return int(n) if isinstance(n, int) else None
 
     def _view_counts(self, pairs: Tensor) -> tuple[int, int | None]:
         """(views per video, videos in the split or None) from the datamodule; without one, the views from the pairs
         every process saw."""
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = self.trainer.datamodule
         if isinstance(dm, ClassificationEvalData):
             stage = self._stage()
             return int(dm.num_views(stage)), int(dm.num_videos(stage))
@@ -201,9 +190,6 @@ class ClassificationTask(VideoTask):
 
     @torch.no_grad()
     def _eval_end(self) -> None:
-        if self.trainer.sanity_checking:  # a few batches only: the protocol needs every view
-            self._reset()
-            return
         num_classes = self._num_classes or self._expected_classes() or 0
         if self._keys:
             pairs, probs, labels = torch.cat(self._keys), torch.cat(self._probs), torch.cat(self._labels)
@@ -219,9 +205,8 @@ class ClassificationTask(VideoTask):
         skipped = 0
         if num_videos is not None and videos.numel() != num_videos:
             skipped = num_videos - videos.numel()
-            dm = self.trainer.datamodule
             missing = sorted(set(range(num_videos)) - set(videos.tolist()))[:10]
-            if not getattr(dm, "skip_errors", False):
+            if not self._skips_errors():
                 raise ValueError(f"evaluation saw {videos.numel()} of {num_videos} videos; missing e.g. {missing} (the "
                                  "protocol needs every video: no limit_val_batches / limit_test_batches)")
             log.warning("%d of %d videos were unreadable and skipped (skip_errors), e.g. %s", skipped, num_videos, missing)
@@ -272,25 +257,6 @@ class ClassificationTask(VideoTask):
             group["lr"] = h.lr * group["lr_scale"]
         return self._scheduled(torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas)))
 
-    # ------------------------------------------------------------------ Lightning hooks
-    def on_validation_epoch_start(self) -> None:
-        self._reset()
-
-    def validation_step(self, batch: dict[str, Tensor] | None, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end()
-
-    def on_test_epoch_start(self) -> None:
-        self._reset()
-
-    def test_step(self, batch: dict[str, Tensor] | None, batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end()
-
 
 def _check_checkpoint_file(model: str, checkpoint: str | None) -> None:
     """A missing checkpoint file: one line naming it, with where such files come from."""
@@ -299,4 +265,4 @@ def _check_checkpoint_file(model: str, checkpoint: str | None) -> None:
     raise FileNotFoundError(f"checkpoint file not found: {checkpoint} ({checkpoint_hint(model)})")
 
 
-__all__ = ["ClassificationEvalData", "ClassificationTask", "topk_accuracy", "video_scores"]
+__all__ = ["ClassificationEvalData", "ClassificationTask", "LabelledData", "topk_accuracy", "video_scores"]

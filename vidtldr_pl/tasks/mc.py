@@ -6,13 +6,10 @@ gathered (each question once) before scoring; a question without a prediction co
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from ..backbones import create_model
-from .base import VideoTask, model_options
+from .base import VideoTask
 from .distributed import gather_by_index
 
 ITM_WEIGHT, ITC_WEIGHT = 0.7, 0.3
@@ -30,27 +27,18 @@ class MCTask(VideoTask):
     checkpoint callback.
 
     Args:
-        model: a registered retrieval model name ("umt_b16", ...) or a UMT object; checkpoint / model_overrides as
-            RetrievalTask (``vision_overrides``: the old name).
+        model: a registered retrieval model name ("umt_b16", ...) or a ``FusionModel`` object
+            (``vidtldr_pl.backbones.interfaces``); checkpoint / model_overrides as RetrievalTask.
 
     ``self.results`` after an epoch: ``acc`` (percent), ``num_questions``, ``num_missing`` + EncoderStats numbers;
     ``self.predictions``: question index -> chosen candidate.
     """
 
     def __init__(self, model: str | nn.Module = "umt_b16", checkpoint: str | None = None,
-                 model_overrides: dict | None = None, vision_overrides: dict | None = None) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        if isinstance(model, nn.Module):
-            if checkpoint is not None or model_overrides or vision_overrides:
-                raise ValueError("checkpoint / model_overrides apply to a model name; load a model object yourself")
-            self.model = model
-        else:
-            self.model = create_model(model, checkpoint=checkpoint, **model_options(model_overrides, vision_overrides))
-        self.results: dict[str, Any] = {}
+                 model_overrides: dict | None = None) -> None:
+        super().__init__(model, checkpoint, model_overrides)
         self.predictions: dict[int, int] = {}
-        self._index: list[Tensor] = []
-        self._pred: list[Tensor] = []
+        self._reset()
 
     @torch.no_grad()
     def score(self, batch: dict[str, Tensor]) -> Tensor:
@@ -63,18 +51,17 @@ class MCTask(VideoTask):
         t = self.model.text_embed(hidden).view(b, k, -1)
         itc = torch.einsum("be,bke->bk", v, t)
         itm = self.model.itm_logits(hidden, mask, tokens.repeat_interleave(k, dim=0)).view(b, k, 2)
-        return mc_scores(itm, itc, self.model.temp.reshape(()))
+        return mc_scores(itm, itc, self.model.temperature().reshape(()))
 
-    def _step(self, batch: dict[str, Tensor]) -> None:
+    def _reset(self) -> None:
+        self._index: list[Tensor] = []
+        self._pred: list[Tensor] = []
+
+    def _eval_step(self, batch: dict[str, Tensor]) -> None:
         self._index.append(batch["index"].long().cpu())
         self._pred.append(self.score(batch).argmax(1).long().cpu())
 
-    def _start(self) -> None:
-        self._index, self._pred = [], []
-
-    def _end(self) -> None:
-        if self.trainer.sanity_checking:
-            return self._start()
+    def _eval_end(self) -> None:
         index = torch.cat(self._index) if self._index else torch.zeros(0, dtype=torch.long)
         pred = torch.cat(self._pred) if self._pred else torch.zeros(0, dtype=torch.long)
         index, pred = gather_by_index(index, pred)
@@ -84,25 +71,7 @@ class MCTask(VideoTask):
         self.results = {"acc": 100.0 * correct / len(anns), "num_questions": len(anns),
                         "num_missing": len(anns) - len(self.predictions)}
         self.log("mc/acc", self.results["acc"], sync_dist=True, reduce_fx="max")
-        self._start()
-
-    def on_validation_epoch_start(self) -> None:
-        self._start()
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._end()
-
-    def on_test_epoch_start(self) -> None:
-        self._start()
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._end()
+        self._reset()
 
 
 __all__ = ["MCTask", "mc_scores"]

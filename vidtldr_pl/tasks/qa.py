@@ -24,10 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ..backbones import create_model
-from ..merging import find_mergeable
+from .base import VideoTask
 from .distributed import gather_by_index
-from .base import VideoTask, model_options
 
 
 @runtime_checkable
@@ -79,13 +77,14 @@ class QATask(VideoTask):
     answer list (official ``rank_answer``) with exact-match accuracy.
 
     Args:
-        model: a registered QA model name ("umt_qa_b16", "umt_qa_l16", ...; ``list_models(task="qa")``) or a UMTQA.
+        model: a registered QA model name ("umt_qa_b16", "umt_qa_l16", ...; ``list_models(task="qa")``) or a
+            ``VideoQAModel`` object (``vidtldr_pl.backbones.interfaces``).
         checkpoint: official QA file (.pth / .safetensors) for a model name; None.
-        pretrained: start fine-tuning from a UMT pretraining / retrieval file instead (official: the text encoder
-            whole, the answer decoder from the encoder's embeddings, fusion layers and MLM head; ``init_qa_from_umt``).
+        pretrained: start fine-tuning from a UMT pretraining / retrieval file (or ``builtin:<weights>``) instead
+            (official: the text encoder whole, the answer decoder from the encoder's embeddings, fusion layers and MLM
+            head; the model's ``init_from_pretrained``).
         k_test: answers re-scored per question (official 128).
-        model_overrides: config fields of the named model (num_frames, drop_path_rate, ...); ``vision_overrides``:
-            its old name, still accepted.
+        model_overrides: config fields of the named model (num_frames, drop_path_rate, ...).
         predictions_path: write the predictions of each evaluation (rank 0) as JSON:
             ``[{"question_id", "pred", "answer"}]`` (``answer``: the ground truth).
         lr / weight_decay / betas / warmup_epochs / min_lr_ratio: AdamW (no decay on biases and norms), per-step
@@ -98,6 +97,7 @@ class QATask(VideoTask):
 
     checkpoint_monitor = "qa/acc"
     checkpoint_filename = "best-epoch{epoch}-acc{qa/acc:.2f}"
+    name_only_options = "checkpoint / pretrained / model_overrides"
 
     def __init__(
         self,
@@ -106,7 +106,6 @@ class QATask(VideoTask):
         pretrained: str | None = None,
         k_test: int = 128,
         model_overrides: dict | None = None,
-        vision_overrides: dict | None = None,
         predictions_path: str | None = None,
         lr: float = 2e-5,
         weight_decay: float = 0.02,
@@ -116,24 +115,15 @@ class QATask(VideoTask):
         seed: int = 0,
         save_best: bool = True,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        if isinstance(model, nn.Module):
-            if checkpoint is not None or pretrained is not None or model_overrides or vision_overrides:
-                raise ValueError("checkpoint / pretrained / model_overrides apply to a model name; load a model "
-                                 "object yourself")
-            self.model = model
-        else:
-            if checkpoint is not None and pretrained is not None:
+        if pretrained is not None:
+            if isinstance(model, nn.Module):
+                raise ValueError(f"{self.name_only_options} apply to a model name; load a model object yourself")
+            if checkpoint is not None:
                 raise ValueError("pass checkpoint (a QA file) or pretrained (a UMT file to fine-tune from), not both")
-            self.model = create_model(model, checkpoint=checkpoint, **model_options(model_overrides, vision_overrides))
-            if pretrained is not None:
-                from ..backbones.registry import resolve_checkpoint
-                from ..backbones.umt.qa import init_qa_from_umt
-
-                init_qa_from_umt(self.model, resolve_checkpoint(pretrained))
+        super().__init__(model, checkpoint, model_overrides)
+        if pretrained is not None:
+            self.model.init_from_pretrained(pretrained)
         self.k_test = k_test
-        self.results: dict[str, Any] = {}
         self.predictions: dict[Any, str] = {}
         self._reset()
 
@@ -143,14 +133,10 @@ class QATask(VideoTask):
         self._answers: dict[str, Tensor] | None = None
 
     def _data(self) -> QAEvalData:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not isinstance(dm, QAEvalData):
-            raise TypeError("QATask needs a datamodule implementing QAEvalData (answer_list, answer_tokens, "
-                            f"eval_annotations); got {type(dm).__name__}")
-        return dm
+        return self._datamodule(QAEvalData, "answer_list, answer_tokens, eval_annotations")
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_start(self) -> None:
+    def _eval_start(self, stage: str) -> None:
         self._reset()
         tokens = self._data().answer_tokens()
         self._answers = {k: v.to(self.device) for k, v in tokens.items()}
@@ -159,17 +145,15 @@ class QATask(VideoTask):
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
         assert self._answers is not None
         q_mask = batch["attention_mask"]
-        tokens = self.model.encode_vision(batch["video"])
+        tokens, _ = self.model.encode_vision(batch["video"])
         states = self.model.encode_question(tokens, batch["input_ids"], q_mask)
         ids, _ = self.model.rank_answers(states, q_mask, self._answers["input_ids"], self._answers["attention_mask"],
                                          k=self.k_test)
         self._index.append(batch["index"].detach().long().cpu())
         self._pred.append(ids[:, 0].detach().long().cpu())
 
-    def _eval_end(self, stage: str) -> None:
-        if self.trainer.sanity_checking:
-            self._reset()
-            return
+    def _eval_end(self) -> None:
+        stage = self._stage()
         data = self._data()
         index = torch.cat(self._index) if self._index else torch.zeros(0, dtype=torch.long)
         pred = torch.cat(self._pred) if self._pred else torch.zeros(0, dtype=torch.long)
@@ -188,31 +172,13 @@ class QATask(VideoTask):
             Path(path).write_text(json.dumps(rows, indent=1))
         self._reset()
 
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start()
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("validate")
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start()
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Official loss: ``sum(weight * answer NLL) / B`` over every answer of each question.
 
         batch: "video" (B, T, 3, H, W), "input_ids" / "attention_mask" (B, Lq), "answer_ids" / "answer_mask"
         (A, La), "answer_counts" (B,), "answer_weights" (A,)."""
-        tokens = self.model.encode_vision(batch["video"])
+        tokens, _ = self.model.encode_vision(batch["video"])
         states = self.model.encode_question(tokens, batch["input_ids"], batch["attention_mask"])
         loss = self.model.answer_loss(states, batch["attention_mask"], batch["answer_ids"], batch["answer_mask"],
                                       batch["answer_counts"], batch["answer_weights"])
@@ -228,9 +194,6 @@ class QATask(VideoTask):
                 (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         return self._scheduled(torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
                                                   {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas)))
-
-    def vision_encoders(self) -> list[nn.Module]:
-        return find_mergeable(self.model)
 
 
 __all__ = ["QAEvalData", "QATask", "qa_accuracy"]

@@ -19,22 +19,20 @@ import bisect
 import contextlib
 import itertools
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from ..backbones import create_model
-from ..flops import FlopReport, encoder_flops
-from ..merging import MergeSetting, apply_merge, find_mergeable
+from ..backbones.interfaces import FusionModel
+from ..errors import IncompleteEvaluationError
+from ..merging import find_mergeable
 from ..metrics.retrieval import retrieval_metrics
 from ..progress import Progress, progress_enabled, track
+from .base import VideoTask
 from .distributed import all_reduce_sum, gather_by_index, rank_and_world, row_range
-from .base import VideoTask, model_options
 from .losses import sample_hard_negatives, vtc_loss, vtm_loss
-from ..errors import IncompleteEvaluationError
 
 log = logging.getLogger(__name__)
 ItmScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -178,11 +176,6 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _skips_errors(data: Any) -> bool:
-    hparams = getattr(data, "hparams", None)
-    return bool(getattr(data, "skip_errors", False) or (hparams is not None and hparams.get("skip_errors", False)))
-
-
 def _fill_missing(index: Tensor, itc: Tensor, tokens: Tensor, num_videos: int) -> tuple[Tensor, Tensor, Tensor]:
     """Insert zero features for the videos absent from ``index`` (sorted, unique): (Nv, ...) in video order."""
     full_itc = itc.new_zeros(num_videos, *itc.shape[1:])
@@ -216,14 +209,13 @@ class RetrievalTask(VideoTask):
 
     Args:
         model: a registered model name ("umt_b16", "umt_l16", "umt_demo", ...; ``list_models(task="retrieval")``) or a
-            model object with ``encode_vision``, ``encode_text``, ``vision_embed``, ``text_embed`` and optionally
-            ``itm_logits`` (without it, evaluation ranks by ITC alone and reports the ``itc/`` metrics).
+            model object: a ``DualEncoder`` (``vidtldr_pl.backbones.interfaces``; evaluation ranks by ITC alone and
+            reports the ``itc/`` metrics) or a ``FusionModel`` (ITC, then ITM re-ranking).
         checkpoint: checkpoint file (.pth / .safetensors) or ``builtin:<weights>`` for a model name; None.
         k_test: candidates re-ranked by ITM per query (official 128).
         itm_batch_size: pairs per ITM forward (official 32).
         text_batch_size: captions per text-encoder forward (official 256).
-        model_overrides: config fields of the named model, e.g. {num_frames: 8, drop_path_rate: 0.1}
-            (``vision_overrides``: its old name, still accepted).
+        model_overrides: config fields of the named model, e.g. {num_frames: 8, drop_path_rate: 0.1}.
         offload_dtype: dtype of the video tokens kept on CPU ("float16" / "bfloat16" halve their memory; None keeps
             the encoder's dtype). They are cast back when moved to the ITM head; under fp16 autocast ("16-mixed")
             "float16" gives the same scores, since autocast casts them to fp16 in the cross-attention anyway.
@@ -264,7 +256,6 @@ class RetrievalTask(VideoTask):
         itm_batch_size: int = 32,
         text_batch_size: int = 256,
         model_overrides: dict | None = None,
-        vision_overrides: dict | None = None,
         offload_dtype: str | None = None,
         itm_cache_mb: float = 2048.0,
         itm_threads: int | None = 1,
@@ -282,17 +273,7 @@ class RetrievalTask(VideoTask):
         save_best: bool = True,
         save_every_n_steps: int | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
-        if isinstance(model, nn.Module):
-            if checkpoint is not None or model_overrides or vision_overrides:
-                raise ValueError("checkpoint / model_overrides apply to a model name; load a model object yourself")
-            self.model = model
-        else:
-            self.model = create_model(model, checkpoint=checkpoint, **model_options(model_overrides, vision_overrides))
-        for encoder in find_mergeable(self.model):
-            if hasattr(encoder, "set_grad_checkpointing"):
-                encoder.set_grad_checkpointing(gradient_checkpointing)
+        super().__init__(model, checkpoint, model_overrides, gradient_checkpointing)
         self.k_test = k_test
         self.itm_batch_size = itm_batch_size
         if itm_threads is not None and itm_threads < 1:
@@ -301,7 +282,6 @@ class RetrievalTask(VideoTask):
         self.text_batch_size = text_batch_size
         self.offload_dtype = getattr(torch, offload_dtype) if offload_dtype else None
         self.reuse_text_features = reuse_text_features
-        self.results: dict[str, Any] = {}
         self._text_cache: dict[str, tuple[Tensor, dict[str, Tensor]]] = {}
         self._reset()
 
@@ -314,13 +294,7 @@ class RetrievalTask(VideoTask):
         self._token_dtype: torch.dtype | None = None
 
     def _data(self) -> RetrievalEvalData:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not isinstance(dm, RetrievalEvalData):
-            raise TypeError(
-                "RetrievalTask needs a datamodule implementing RetrievalEvalData (eval_texts, txt2vid, vid2txt, "
-                f"num_videos); got {type(dm).__name__}"
-            )
-        return dm
+        return self._datamodule(RetrievalEvalData, "eval_texts, txt2vid, vid2txt, num_videos")
 
     def _autocast(self):
         return self.trainer.precision_plugin.forward_context()
@@ -364,9 +338,6 @@ class RetrievalTask(VideoTask):
 
     @torch.no_grad()
     def _eval_end(self) -> None:
-        if self.trainer.sanity_checking:  # a few batches only: the protocol needs every video
-            self._reset()
-            return
         data = self._data()
         text = self._text
         assert text is not None, "text features missing: evaluation epoch did not start"
@@ -383,7 +354,7 @@ class RetrievalTask(VideoTask):
         missing: list[int] = []
         if index.numel() != num_videos or not torch.equal(index, torch.arange(num_videos)):
             missing = sorted(set(range(num_videos)) - set(index.tolist()))
-            if not _skips_errors(data):
+            if not self._skips_errors():
                 raise IncompleteEvaluationError(
                     f"evaluation saw {index.numel()} distinct videos of {num_videos}; missing e.g. {missing[:10]} (the "
                     "protocol needs every video: no limit_val_batches / limit_test_batches)")
@@ -395,7 +366,6 @@ class RetrievalTask(VideoTask):
             sim_v2t = itc.to(self.device) @ text["itc"].t()  # (Nv, Nt)
         if missing:  # a skipped video is never retrieved and retrieves nothing (see _sink_missing)
             sim_v2t[torch.tensor(missing, device=sim_v2t.device)] = -100.0
-        self._missing = missing
         rank, world = rank_and_world()
 
         token_dtype = self._token_dtype or tokens.dtype
@@ -404,9 +374,8 @@ class RetrievalTask(VideoTask):
             return tokens[v.cpu()].to(self.device, token_dtype, non_blocking=True)
 
         nv, nt = sim_v2t.shape
-        self._num_skipped = len(missing)
-        if not callable(getattr(self.model, "itm_logits", None)):  # a dual encoder: ITC ranking only
-            self._finish(data, sim_v2t, sim_v2t.t(), sim_v2t, itm=False)
+        if not isinstance(self.model, FusionModel):  # a dual encoder: ITC ranking only
+            self._finish(data, sim_v2t, sim_v2t.t(), sim_v2t, missing, itm=False)
             return
         with self._autocast():
             memory = self._fusion_memory_cache(tokens, video_tokens)
@@ -419,7 +388,7 @@ class RetrievalTask(VideoTask):
                 pair_memory, index = memory, v.to(self.device)
             else:
                 videos, index = torch.unique(v.cpu(), return_inverse=True)
-                pair_memory, index = self.model.text_encoder.fusion_memory(video_tokens(videos)), index.to(self.device)
+                pair_memory, index = self.model.fusion_memory(video_tokens(videos)), index.to(self.device)
             t = t.to(self.device)
             return self.model.itm_logits(text["hidden"][t], text["mask"][t], None, memory=pair_memory,
                                          memory_index=index)[:, 1]
@@ -430,17 +399,19 @@ class RetrievalTask(VideoTask):
                                          row_range(nv, rank, world), row_range(nt, rank, world),
                                          progress=True)
         s_v2t, s_t2v = all_reduce_sum(s_v2t), all_reduce_sum(s_t2v)
-        self._finish(data, s_v2t, s_t2v, sim_v2t, itm=True)
+        self._finish(data, s_v2t, s_t2v, sim_v2t, missing, itm=True)
 
-    def _finish(self, data: RetrievalEvalData, s_v2t: Tensor, s_t2v: Tensor, sim_v2t: Tensor, itm: bool) -> None:
-        """Metrics of the re-ranked (``itm/``, when ``itm``) and ITC (``itc/``) matrices into ``self.results``."""
+    def _finish(self, data: RetrievalEvalData, s_v2t: Tensor, s_t2v: Tensor, sim_v2t: Tensor, missing: list[int],
+                itm: bool) -> None:
+        """Metrics of the re-ranked (``itm/``, when ``itm``) and ITC (``itc/``) matrices into ``self.results``;
+        ``missing``: the skipped videos (misses in both directions)."""
         nv, nt = sim_v2t.shape
         # every rank holds the same matrices, so the metrics are identical on every rank; logging syncs with max
         # (exact, and keeps Lightning from warning about unsynced epoch-level values)
         v2t_gt, t2v_gt = list(data.vid2txt), list(data.txt2vid)
         results: dict[str, Any] = {}
         matrices = [("itm", s_v2t, s_t2v)] if itm else []
-        matrices = [(p, *_sink_missing(sv, st, getattr(self, "_missing", []), v2t_gt))
+        matrices = [(p, *_sink_missing(sv, st, missing, v2t_gt))
                     for p, sv, st in matrices + [("itc", sim_v2t, sim_v2t.t())]]
         for prefix, sv, st in matrices:
             for k, v in retrieval_metrics(sv.cpu(), st.cpu(), v2t_gt, t2v_gt).items():
@@ -449,24 +420,11 @@ class RetrievalTask(VideoTask):
             self.log(k, v, sync_dist=True, reduce_fx="max")
         results["num_videos"] = nv
         results["num_texts"] = nt
-        if getattr(self, "_num_skipped", 0):
-            results["num_skipped"] = self._num_skipped
+        if missing:
+            results["num_skipped"] = len(missing)
         self.results = results
         self.scores = {"itm_v2t": s_v2t.cpu(), "itm_t2v": s_t2v.cpu(), "itc_v2t": sim_v2t.cpu()}
         self._reset()
-
-    def vision_flops(self, method: str = "none", r: Any = None, layers: list[int] | None = None,
-                     method_options: dict | None = None) -> FlopReport:
-        """FLOPs of one video through the vision encoder under a merge setting (counted on a meta-device copy built
-        from the same config, so this model's merge setting is untouched)."""
-        import copy
-
-        encoder = find_mergeable(self.model)[0]
-        with torch.device("meta"):
-            probe = type(encoder)(copy.deepcopy(encoder.cfg))
-        probe.set_attention(encoder.blocks[0].attn.mode)
-        apply_merge(probe, MergeSetting(method=method, r=r, layers=layers, method_options=method_options))
-        return encoder_flops(probe)
 
     # ------------------------------------------------------------------ training
     def _gather(self, x: Tensor) -> Tensor | None:
@@ -475,33 +433,19 @@ class RetrievalTask(VideoTask):
             return None
         return self.all_gather(x, sync_grads=True).flatten(0, 1)
 
-    def _temperature(self) -> Tensor:
-        """The VTC temperature, clamped as its model's recipe does: UMT's ``temp`` in [0.001, 0.5]; a CLIP-style
-        ``logit_scale`` at most log(100) (temperature 1 / exp(logit_scale))."""
-        if hasattr(self.model, "temp"):
-            with torch.no_grad():
-                self.model.temp.clamp_(0.001, 0.5)
-            return self.model.temp
-        if not hasattr(self.model, "logit_scale"):
-            raise AttributeError(f"{type(self.model).__name__} has neither `temp` (UMT) nor `logit_scale` (CLIP): "
-                                 "RetrievalTask's contrastive loss needs one of them as its temperature")
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0.0, math.log(100.0))
-        return self.model.logit_scale.exp().reciprocal()
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """VTC (gathered over processes) + VTM with one hard negative per video and per text (official recipe); a
-        dual encoder (no ``itm_logits``) trains with VTC alone."""
+        dual encoder (not a ``FusionModel``) trains with VTC alone."""
         video, idx = batch["video"], batch["video_index"].long()
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        temp = self._temperature()
+        temp = self.model.temperature(clamp=True)  # clamped into its recipe's range first
         tokens, pooled = self.model.encode_vision(video)
         text_hidden = self.model.encode_text(ids, mask)
         vision_feat, text_feat = self.model.vision_embed(pooled), self.model.text_embed(text_hidden)
         loss_vtc = vtc_loss(vision_feat, text_feat, idx, temp,
                             self._gather(vision_feat), self._gather(text_feat), self._gather(idx))
         batch_size = video.shape[0]
-        if not callable(getattr(self.model, "itm_logits", None)):
+        if not isinstance(self.model, FusionModel):
             loss = self.hparams.vtc_weight * loss_vtc
             self.log_dict({"train/loss": loss, "train/vtc": loss_vtc}, prog_bar=True, batch_size=batch_size)
             self.log("train/temp", temp.detach(), batch_size=batch_size)
@@ -550,17 +494,19 @@ class RetrievalTask(VideoTask):
         return decay, no_decay
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume checkpoints written while ``UMT.temp`` was a 0-d parameter: its AdamW moments become (1,)."""
+        """Resume checkpoints written while a parameter that is now (1,) was 0-d (a temperature: DeepSpeed cannot
+        partition a 0-d tensor): its saved 0-d AdamW moments become (1,)."""
         decay, no_decay = self._param_groups()
-        names = [n for n, _ in decay + no_decay]
-        if "model.temp" not in names:
-            return
-        position = names.index("model.temp")
+        params = [p for _, p in decay + no_decay]
         for opt in checkpoint.get("optimizer_states", []):
-            state = opt.get("state", {}).get(position) if isinstance(opt, dict) else None
-            for key, value in (state or {}).items():
-                if key != "step" and isinstance(value, Tensor) and value.ndim == 0:
-                    state[key] = value.reshape(1)
+            states = opt.get("state", {}) if isinstance(opt, dict) else {}
+            for position, state in states.items():
+                if not (isinstance(position, int) and position < len(params) and params[position].shape == (1,)
+                        and isinstance(state, dict)):
+                    continue
+                for key, value in state.items():
+                    if key != "step" and isinstance(value, Tensor) and value.ndim == 0:
+                        state[key] = value.reshape(1)
 
     def _fusion_memory_cache(self, tokens: Tensor, video_tokens: Callable[[Tensor], Tensor]) -> list | None:
         """Cross-attention keys / values of every video (per fusion layer, (Nv, H, N', hd) on this device) when they
@@ -568,13 +514,12 @@ class RetrievalTask(VideoTask):
         nv, n = tokens.shape[:2]
         if nv == 0 or n == 0:
             return None
-        cfg = self.model.text_encoder.config
         itemsize = torch.empty(0, dtype=self._token_dtype or tokens.dtype).element_size()
-        size_mb = nv * (cfg.num_layers - cfg.fusion_layer) * 2 * n * cfg.hidden_size * itemsize / 2**20
+        size_mb = nv * self.model.fusion_memory_numel(n) * itemsize / 2**20
         if size_mb > self.hparams.itm_cache_mb:
             return None
         starts = range(0, nv, self.itm_batch_size)
-        chunks = [self.model.text_encoder.fusion_memory(video_tokens(torch.arange(i, min(i + self.itm_batch_size, nv))))
+        chunks = [self.model.fusion_memory(video_tokens(torch.arange(i, min(i + self.itm_batch_size, nv))))
                   for i in track(starts, "ITM keys / values of the videos", unit="chunks")]
         return [(torch.cat([c[layer][0] for c in chunks]), torch.cat([c[layer][1] for c in chunks]))
                 for layer in range(len(chunks[0]))]
@@ -589,23 +534,4 @@ class RetrievalTask(VideoTask):
         return f"best-epoch{{epoch}}-t2v_r1_{{{self._ranking()}/img_r1:.2f}}"
 
     def _ranking(self) -> str:
-        return "itm" if callable(getattr(self.model, "itm_logits", None)) else "itc"
-
-    # ------------------------------------------------------------------ Lightning hooks
-    def on_validation_epoch_start(self) -> None:
-        self._eval_start("validate")
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end()
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_start("test")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end()
+        return "itm" if isinstance(self.model, FusionModel) else "itc"

@@ -23,22 +23,32 @@ YAML::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 from torch import nn
 
+from ..backbones.interfaces import ZeroShotClassifier
 from .classification import ClassificationTask
 
 PROMPT_TEMPLATE = "a photo of a {}."
+
+
+@runtime_checkable
+class NamedClassData(Protocol):
+    """A datamodule that names its classes (the prompts' default class names)."""
+
+    @property
+    def class_names(self) -> list[str]: ...
 
 
 class ZeroShotClassificationTask(ClassificationTask):
     """Evaluation-only classification by class-name prompts.
 
     Args:
-        model: a registered dual encoder (``vificlip_b16``, ``vificlip_tiny``) or an object with
-            ``set_class_names(names, template)`` and ``forward(video (B, 3, T, H, W)) -> logits (B, K)``.
+        model: a registered dual encoder (``vificlip_b16``, ``vificlip_tiny``) or a ``ZeroShotClassifier``
+            (``vidtldr_pl.backbones.interfaces``: ``set_class_names(names, template)``, ``class_names`` and
+            ``forward(video (B, 3, T, H, W)) -> logits (B, K)``).
         checkpoint / model_overrides: as ClassificationTask (``clip_checkpoint`` names the CLIP file the token
             embedding comes from when the checkpoint is a ViFi-CLIP file).
         class_names: the class names, or a file of them (one per line, or a CSV whose last column is the name, e.g.
@@ -58,16 +68,17 @@ class ZeroShotClassificationTask(ClassificationTask):
         if "{}" not in prompt_template:
             raise ValueError(f"prompt_template must contain {{}} for the class name, got {prompt_template!r}")
         super().__init__(model=model, checkpoint=checkpoint, model_overrides=model_overrides, gather_chunk=gather_chunk)
-        if not hasattr(self.model, "set_class_names"):
-            raise ValueError(f"{type(self.model).__name__} has no set_class_names: zero-shot needs a dual encoder")
+        if not isinstance(self.model, ZeroShotClassifier):
+            raise ValueError(f"{type(self.model).__name__} is not a ZeroShotClassifier (set_class_names, class_names): "
+                             "zero-shot needs a dual encoder")
         self.save_hyperparameters({"prompt_class_names": class_names, "prompt_template": prompt_template})
         self._file_names = read_class_name_file(class_names) if isinstance(class_names, str) else None
 
     def class_names(self) -> list[str]:
         names = self._file_names if self._file_names is not None else self.hparams.prompt_class_names
         if names is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            names = getattr(dm, "class_names", None)
+            dm = self.trainer.datamodule
+            names = dm.class_names if isinstance(dm, NamedClassData) else None
         if not names:
             raise ValueError("zero-shot classification needs class names: set class_names or use a DataModule that "
                              "has them")
@@ -75,15 +86,11 @@ class ZeroShotClassificationTask(ClassificationTask):
 
     def _encode_prompts(self) -> None:
         names = self.class_names()
-        if getattr(self.model, "class_names", None) != names:
+        if self.model.class_names != names:
             self.model.set_class_names(names, self.hparams.prompt_template)
 
-    def on_validation_epoch_start(self) -> None:
-        super().on_validation_epoch_start()
-        self._encode_prompts()
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
+    def _eval_start(self, stage: str) -> None:
+        super()._eval_start(stage)
         self._encode_prompts()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -123,10 +130,12 @@ def evaluate_splits(task: ZeroShotClassificationTask, datamodules: Mapping[str, 
         raise ValueError(f"stage must be 'validate' or 'test', got {stage!r}")
     per_split: dict[str, dict[str, Any]] = {}
     for name, dm in datamodules.items():
-        getattr(make_trainer(), stage)(task, datamodule=dm, verbose=False)
+        trainer = make_trainer()
+        run = trainer.validate if stage == "validate" else trainer.test
+        run(task, datamodule=dm, verbose=False)
         per_split[name] = dict(task.results)
     mean = {k: sum(r[k] for r in per_split.values()) / len(per_split) for k in ("top1", "top5")}
     return {"splits": per_split, **mean, "num_splits": len(per_split)}
 
 
-__all__ = ["PROMPT_TEMPLATE", "ZeroShotClassificationTask", "evaluate_splits", "read_class_name_file"]
+__all__ = ["NamedClassData", "PROMPT_TEMPLATE", "ZeroShotClassificationTask", "evaluate_splits", "read_class_name_file"]

@@ -1,12 +1,11 @@
-"""UMT (Unmasked Teacher) backbones in the official checkpoint layout."""
-from .checkpoint import CheckpointError, LoadReport, load_umt_checkpoint, read_state_dict
-from .model import UMT, UMT_CONFIGS, UMTConfig, create_umt
-from .qa import QA_CONFIGS, UMTQA, UMTQAConfig, load_umt_qa_checkpoint
+"""UMT (Unmasked Teacher) backbones in the official checkpoint layout; importing it registers the presets."""
+from .checkpoint import load_umt_checkpoint
+from .model import UMT, UMTConfig
+from .qa import UMTQA, UMTQAConfig, load_umt_qa_checkpoint
 from .text import TextEncoderConfig, UMTTextEncoder
-from .vision import VisionConfig, VisionEncoder, VisionTransformer
+from .vision import VisionConfig, VisionTransformer
 
 __all__ = [
-    "QA_CONFIGS", "UMT", "UMTQA", "UMT_CONFIGS", "CheckpointError", "LoadReport", "TextEncoderConfig", "UMTConfig",
-    "UMTQAConfig", "UMTTextEncoder", "VisionConfig", "VisionEncoder", "VisionTransformer", "create_umt",
-    "load_umt_checkpoint", "load_umt_qa_checkpoint", "read_state_dict",
+    "UMT", "UMTQA", "TextEncoderConfig", "UMTConfig", "UMTQAConfig", "UMTTextEncoder", "VisionConfig",
+    "VisionTransformer", "load_umt_checkpoint", "load_umt_qa_checkpoint",
 ]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ..checkpoint import (  # noqa: F401  (re-exported: historical import path)
-    CheckpointError, LoadReport, load_state_into, read_state_dict, select_prefix, strip_prefix,
-)
+from ...errors import CheckpointError
+from ..checkpoint import LoadReport, load_state_into, read_state_dict, select_prefix, strip_prefix
 from ..checkpoint import convert as generic_convert
 from ..checkpoint import main as generic_main
+from .vision import VisionTransformer
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,12 @@ def load_umt_checkpoint(model: nn.Module, path: str | Path, strict: bool = True)
     projections, ITM head, temperature) and returns the report, whose ``missing`` lists those keys.
     """
     state, ignored, renamed = to_retrieval_layout(read_state_dict(path))
-    from .model import UMT
-    from .vision import VisionTransformer
-
     if isinstance(model, VisionTransformer):
         if any(k.startswith("vision_encoder.") for k in state):
             state = select_prefix(state, "vision_encoder.")
         state = vision_only_state(state) or state  # a pretraining file's clip_decoder.* dropped
-    vision_state = vision_only_state(state) if isinstance(model, UMT) else None
+    whole_umt = isinstance(getattr(model, "vision_encoder", None), VisionTransformer)  # UMT (.model imports this file)
+    vision_state = vision_only_state(state) if whole_umt else None
     if vision_state is not None:
         state, vision = vision_state, model.vision_encoder
         fits = load_state_into(vision, state, str(path), strict=False) if not strict else _dry_report(vision, state, path)

@@ -1,8 +1,8 @@
 """UMT for video-text retrieval: vision encoder, BERT text encoder with fusion layers, ITC projections, ITM head.
 
 Module names are those of the official checkpoints (``vision_encoder``, ``text_encoder``, ``vision_proj``,
-``text_proj``, ``itm_head``, ``temp``). Presets in ``UMT_CONFIGS``, registered as ``umt_b16``, ``umt_l16``,
-``umt_tiny``, ``umt_demo``; build with ``vidtldr_pl.backbones.create_model(name)``.
+``text_proj``, ``itm_head``, ``temp``). Presets ``umt_b16``, ``umt_l16``, ``umt_tiny``, ``umt_demo`` (the decorated
+functions at the end); build with ``vidtldr_pl.backbones.create_model(name)``.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import WEIGHTS_DIR, create_model, register_model  # noqa: F401  (WEIGHTS_DIR re-exported)
-from ..registry import resolve_checkpoint as registry_resolve
+from ..interfaces import FusionModel
+from ..registry import register_model
+from .checkpoint import load_umt_checkpoint
 from .text import TextEncoderConfig, UMTTextEncoder
 from .vision import VisionConfig, VisionTransformer
 
@@ -27,38 +28,6 @@ class UMTConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig.bert_base)
     embed_dim: int = 512
     temp: float = 0.07
-
-
-def _b16(**kw: Any) -> UMTConfig:
-    return UMTConfig(VisionConfig.vit_b16(**kw), TextEncoderConfig.bert_base(encoder_width=768), embed_dim=512)
-
-
-def _l16(**kw: Any) -> UMTConfig:
-    return UMTConfig(VisionConfig.vit_l16(**kw), TextEncoderConfig.bert_large(encoder_width=1024), embed_dim=768)
-
-
-def _tiny(**kw: Any) -> UMTConfig:
-    """A small UMT with the same classes, for tests and CPU demos."""
-    vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 64, "num_frames": 4, **kw})
-    text = TextEncoderConfig(
-        vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128, fusion_layer=2,
-        encoder_width=vision.embed_dim, max_position_embeddings=64,
-    )
-    return UMTConfig(vision, text, embed_dim=32)
-
-
-def _demo(**kw: Any) -> UMTConfig:
-    """The embedded demo model (configs/demo_umt.yaml): 6 blocks x 192 wide, 8 frames at 96 px (288 tokens);
-    a 4-layer text encoder (2 text + 2 fusion) over the synthetic benchmark's small vocabulary."""
-    vision = VisionConfig(**{"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "num_frames": 8, **kw})
-    text = TextEncoderConfig(
-        vocab_size=64, hidden_size=192, num_layers=4, num_heads=3, intermediate_size=768, fusion_layer=2,
-        encoder_width=vision.embed_dim, max_position_embeddings=64,
-    )
-    return UMTConfig(vision, text, embed_dim=128)
-
-
-UMT_CONFIGS = {"umt_b16": _b16, "umt_l16": _l16, "umt_tiny": _tiny, "umt_demo": _demo}
 
 
 def _temp_to_scalar(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, local_metadata: Any) -> None:
@@ -75,6 +44,8 @@ def _temp_from_scalar(state_dict: dict[str, Tensor], prefix: str, *args: Any) ->
 
 class UMT(nn.Module):
     """UMT retrieval model. Videos are (B, T, 3, H, W) as the official ``encode_vision`` takes them."""
+
+    implements = (FusionModel,)
 
     def __init__(self, cfg: UMTConfig) -> None:
         super().__init__()
@@ -113,57 +84,63 @@ class UMT(nn.Module):
         """Fusion layers over (text, video) pairs -> ITM logits (B, 2); [:, 1] is the match score.
 
         text_hidden (B, L, Dt), text_mask (B, L), video_tokens (B, N', Dv) (all-ones video mask, no size bias);
-        or memory = ``text_encoder.fusion_memory(video_tokens)`` (batch B, or 1 for one video vs B texts; or G
+        or memory = ``fusion_memory(video_tokens)`` (batch B, or 1 for one video vs B texts; or G
         videos with memory_index (B,) naming each text's video).
         """
         fused = self.text_encoder.forward_fusion(text_hidden, text_mask, video_tokens, memory=memory,
                                                  memory_index=memory_index)
         return self.itm_head(fused[:, 0])
 
+    def fusion_memory(self, video_tokens: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """video_tokens (G, N', Dv) -> per fusion layer the cross-attention (keys, values) (G, H, N', hd)."""
+        return self.text_encoder.fusion_memory(video_tokens)
 
-BUILTIN_WEIGHTS = {
-    # name -> (file under vidtldr_pl/weights, preset); see README "The embedded demo" for how it was trained
-    "umt_demo_synthetic": ("umt_demo_synthetic.safetensors", "umt_demo"),
-}
+    def fusion_memory_numel(self, num_tokens: int) -> int:
+        """Elements ``fusion_memory`` holds per video of ``num_tokens`` tokens: keys and values of every fusion layer."""
+        cfg = self.text_encoder.config
+        return (cfg.num_layers - cfg.fusion_layer) * 2 * num_tokens * cfg.hidden_size
 
-_PRESET_INPUT = {"umt_b16": (12, 224), "umt_l16": (12, 224), "umt_tiny": (4, 64), "umt_demo": (8, 96)}
-_DESCRIPTIONS = {
-    "umt_b16": "UMT ViT-B/16 retrieval model (vision + BERT-base text with fusion layers, ITC + ITM)",
-    "umt_l16": "UMT ViT-L/16 retrieval model (vision + BERT-large text with fusion layers, ITC + ITM)",
-    "umt_tiny": "a tiny UMT with the same classes, for tests",
-    "umt_demo": "the embedded demo UMT (6 x 192, 8 frames at 96 px); weights builtin:umt_demo_synthetic",
-}
-
-
-def _register_presets() -> None:
-    from .checkpoint import load_umt_checkpoint
-
-    for name, preset in UMT_CONFIGS.items():
-        frames, size = _PRESET_INPUT[name]
-        weights = {w: f for w, (f, p) in BUILTIN_WEIGHTS.items() if p == name}
-
-        def build(_preset=preset, **overrides: Any) -> UMT:
-            return UMT(_preset(**overrides))
-
-        register_model(name, loader=load_umt_checkpoint, num_frames=frames, img_size=size, task="retrieval",
-                       builtin_weights=weights, description=_DESCRIPTIONS[name])(build)
+    def temperature(self, clamp: bool = False) -> Tensor:
+        """``temp`` (1,), the ITC temperature; clamp: first into [0.001, 0.5] in place (the official recipe)."""
+        if clamp:
+            with torch.no_grad():
+                self.temp.clamp_(0.001, 0.5)
+        return self.temp
 
 
-_register_presets()
+# ------------------------------------------------------------------------------------------------------ presets
+# overrides: VisionConfig fields (num_frames=8, attention="explicit", ckpt_num_frames=8, drop_path_rate=0.1, ...)
+@register_model(loader=load_umt_checkpoint, num_frames=12, img_size=224, task="retrieval",
+                description="UMT ViT-B/16 retrieval model (vision + BERT-base text with fusion layers, ITC + ITM)")
+def umt_b16(**overrides: Any) -> UMT:
+    return UMT(UMTConfig(VisionConfig.vit_b16(**overrides), TextEncoderConfig.bert_base(encoder_width=768),
+                         embed_dim=512))
 
 
-def resolve_checkpoint(checkpoint: str) -> str:
-    """``builtin:<name>`` -> the weights file shipped in vidtldr_pl/weights; other paths unchanged."""
-    return registry_resolve(checkpoint)
+@register_model(loader=load_umt_checkpoint, num_frames=12, img_size=224, task="retrieval",
+                description="UMT ViT-L/16 retrieval model (vision + BERT-large text with fusion layers, ITC + ITM)")
+def umt_l16(**overrides: Any) -> UMT:
+    return UMT(UMTConfig(VisionConfig.vit_l16(**overrides), TextEncoderConfig.bert_large(encoder_width=1024),
+                         embed_dim=768))
 
 
-def create_umt(name: str = "umt_b16", checkpoint: str | None = None, strict: bool = True, **vision_overrides: Any) -> UMT:
-    """Build a UMT preset ("umt_b16", "umt_l16", "umt_tiny", "umt_demo"), optionally loading an official checkpoint
-    (same as ``create_model`` restricted to UMT names).
+@register_model(loader=load_umt_checkpoint, num_frames=4, img_size=64, task="retrieval",
+                description="a tiny UMT with the same classes, for tests")
+def umt_tiny(**overrides: Any) -> UMT:
+    vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, **overrides})
+    text = TextEncoderConfig(vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
+                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    return UMT(UMTConfig(vision, text, embed_dim=32))
 
-    checkpoint: a file (.pth / .safetensors) or ``builtin:<name>`` (weights shipped with the project).
-    vision_overrides: VisionConfig fields, e.g. num_frames=8, attention="explicit", ckpt_num_frames=8.
-    """
-    if name not in UMT_CONFIGS:
-        raise ValueError(f"unknown UMT preset {name!r}; choose one of {sorted(UMT_CONFIGS)}")
-    return create_model(name, checkpoint=checkpoint, strict=strict, **vision_overrides)
+
+# see README "The embedded demo" for how its weights were trained
+@register_model(loader=load_umt_checkpoint, num_frames=8, img_size=96, task="retrieval",
+                builtin_weights={"umt_demo_synthetic": "umt_demo_synthetic.safetensors"},
+                description="the embedded demo UMT (6 x 192, 8 frames at 96 px); weights builtin:umt_demo_synthetic")
+def umt_demo(**overrides: Any) -> UMT:
+    """The embedded demo model (configs/demo_umt.yaml): 6 blocks x 192 wide, 8 frames at 96 px (288 tokens);
+    a 4-layer text encoder (2 text + 2 fusion) over the synthetic benchmark's small vocabulary."""
+    vision = VisionConfig(**{"embed_dim": 192, "depth": 6, "num_heads": 3, **overrides})
+    text = TextEncoderConfig(vocab_size=64, hidden_size=192, num_layers=4, num_heads=3, intermediate_size=768,
+                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    return UMT(UMTConfig(vision, text, embed_dim=128))

@@ -9,7 +9,8 @@
 
 Answers are not generated: :meth:`UMTQA.rank_answers` ranks a fixed answer list exactly as the official
 ``rank_answer`` (top k by first-token probability, re-scored by the summed sequence NLL, the first token counted twice,
-softmax over the k). Presets ``umt_qa_b16``, ``umt_qa_l16``, ``umt_qa_tiny``, ``umt_qa_demo`` (registry task "qa").
+softmax over the k). Presets ``umt_qa_b16``, ``umt_qa_l16``, ``umt_qa_tiny``, ``umt_qa_demo`` (registry task "qa";
+the decorated functions at the end).
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import CheckpointError
 from ..checkpoint import LoadReport, load_state_into, read_state_dict, strip_prefix
+from ..interfaces import VideoQAModel
 from ..layers import ViTEncoder, init_vit_weights
-from ..registry import register_model
+from ..registry import register_model, resolve_checkpoint
 from .text import MASK_VALUE, TextEncoderConfig, UMTTextEncoder, extended_attention_mask
 from .vision import VisionConfig
 
-__all__ = ["AnswerDecoder", "QA_CONFIGS", "QAVisionEncoder", "UMTQA", "UMTQAConfig",
+__all__ = ["AnswerDecoder", "QAVisionEncoder", "UMTQA", "UMTQAConfig",
            "init_qa_from_umt", "load_umt_qa_checkpoint", "qa_state_from_umt", "rerank_topk"]
 
 # Keys of official QA files the model has no use for (saved with the frozen CLIP teacher): dropped and reported.
@@ -50,34 +53,6 @@ class UMTQAConfig:
     def decoder_config(self) -> TextEncoderConfig:
         """The decoder's BERT: the text encoder's sizes, cross-attention (to question states) in every layer."""
         return replace(self.text, num_layers=self.num_decoder_layers, fusion_layer=0, encoder_width=self.text.hidden_size)
-
-
-def _b16(**kw: Any) -> UMTQAConfig:
-    return UMTQAConfig(VisionConfig.vit_b16(**kw), TextEncoderConfig.bert_base(encoder_width=768))
-
-
-def _l16(**kw: Any) -> UMTQAConfig:
-    return UMTQAConfig(VisionConfig.vit_l16(**kw), TextEncoderConfig.bert_large(encoder_width=1024))
-
-
-def _tiny(**kw: Any) -> UMTQAConfig:
-    """Same classes, tiny sizes (tests): 4 vision blocks x 64, 4 text layers (fusion from 2), 2 decoder layers."""
-    vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 64, "num_frames": 4, **kw})
-    text = TextEncoderConfig(vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
-                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
-    return UMTQAConfig(vision, text)
-
-
-def _demo(**kw: Any) -> UMTQAConfig:
-    """The demo size (configs/demo_qa_umt.yaml): umt_demo's encoders (6 x 192, 8 frames at 96 px; 2 text + 2 fusion
-    layers over a 64-word vocabulary), a 2-layer answer decoder."""
-    vision = VisionConfig(**{"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "num_frames": 8, **kw})
-    text = TextEncoderConfig(vocab_size=64, hidden_size=192, num_layers=4, num_heads=3, intermediate_size=768,
-                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
-    return UMTQAConfig(vision, text)
-
-
-QA_CONFIGS = {"umt_qa_b16": _b16, "umt_qa_l16": _l16, "umt_qa_tiny": _tiny, "umt_qa_demo": _demo}
 
 
 class QAVisionEncoder(nn.Module):
@@ -170,6 +145,8 @@ def rerank_topk(first_probs: Tensor, seq_nll: Tensor) -> Tensor:
 class UMTQA(nn.Module):
     """UMT video QA. Videos (B, T, 3, H, W); questions / answers tokenized (``[CLS]`` first)."""
 
+    implements = (VideoQAModel,)
+
     def __init__(self, cfg: UMTQAConfig) -> None:
         super().__init__()
         if cfg.text.encoder_width != cfg.vision.embed_dim:
@@ -179,9 +156,11 @@ class UMTQA(nn.Module):
         self.text_encoder = UMTTextEncoder(cfg.text)
         self.text_decoder = AnswerDecoder(cfg.decoder_config())
 
-    def encode_vision(self, video: Tensor) -> Tensor:
-        """video (B, T, 3, H, W) -> all tokens (B, N', Dv)."""
-        return self.vision_encoder(video.permute(0, 2, 1, 3, 4))
+    def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video (B, T, 3, H, W) -> (all tokens (B, N', Dv), their unweighted mean (B, Dv)); the question encoder
+        reads the tokens."""
+        tokens = self.vision_encoder(video.permute(0, 2, 1, 3, 4))
+        return tokens, tokens.mean(dim=1)
 
     def encode_question(self, video_tokens: Tensor, q_ids: Tensor, q_mask: Tensor) -> Tensor:
         """video_tokens (B, N', Dv), question ids / mask (B, Lq) -> question states (B, Lq, Dt) (all text layers,
@@ -227,6 +206,10 @@ class UMTQA(nn.Module):
         probs = rerank_topk(topk_probs, torch.cat(nll))
         probs, order = probs.topk(k, dim=1)
         return topk_ids.gather(1, order), probs
+
+    def init_from_pretrained(self, path: str) -> None:
+        """Fine-tuning's start: ``init_qa_from_umt`` from a UMT pretraining / retrieval file or ``builtin:<name>``."""
+        init_qa_from_umt(self, resolve_checkpoint(path))
 
 
 def load_umt_qa_checkpoint(model: nn.Module, path: str, strict: bool = True) -> LoadReport:
@@ -286,8 +269,6 @@ def init_qa_from_umt(model: UMTQA, path: str) -> LoadReport:
     retrieval file; the head then stays as initialised and is listed in ``report.missing``): anything else missing,
     unexpected or of the wrong shape raises a CheckpointError. The decoder layers beyond the encoder's fusion layers
     (none for B / L) would also be missing and raise."""
-    from ..checkpoint import CheckpointError
-
     state, ignored = qa_state_from_umt(read_state_dict(path), model.cfg.text.fusion_layer)
     report = load_state_into(model, state, str(path), strict=False)
     report.ignored = ignored
@@ -297,27 +278,39 @@ def init_qa_from_umt(model: UMTQA, path: str) -> LoadReport:
     return report
 
 
-_PRESET_INPUT = {"umt_qa_b16": (12, 224), "umt_qa_l16": (12, 224), "umt_qa_tiny": (4, 64), "umt_qa_demo": (8, 96)}
-_DESCRIPTIONS = {
-    "umt_qa_b16": "UMT-QA ViT-B/16 (all video tokens, BERT-base question encoder, 3-layer answer decoder)",
-    "umt_qa_l16": "UMT-QA ViT-L/16 (all video tokens, BERT-large question encoder, 5-layer answer decoder)",
-    "umt_qa_tiny": "a tiny UMT-QA with the same classes, for tests",
-    "umt_qa_demo": "the demo-size UMT-QA for the synthetic QA benchmark (configs/demo_qa_umt.yaml); weights "
-                   "builtin:umt_qa_demo_synthetic",
-}
-# preset -> {weights name: file under vidtldr_pl/weights}; README "The QA demo" says how they were trained
-QA_BUILTIN_WEIGHTS = {"umt_qa_demo": {"umt_qa_demo_synthetic": "umt_qa_demo_synthetic.safetensors"}}
+# ------------------------------------------------------------------------------------------------------ presets
+# overrides: VisionConfig fields (num_frames=8, attention="explicit", ...)
+@register_model(loader=load_umt_qa_checkpoint, num_frames=12, img_size=224, task="qa",
+                description="UMT-QA ViT-B/16 (all video tokens, BERT-base question encoder, 3-layer answer decoder)")
+def umt_qa_b16(**overrides: Any) -> UMTQA:
+    return UMTQA(UMTQAConfig(VisionConfig.vit_b16(**overrides), TextEncoderConfig.bert_base(encoder_width=768)))
 
 
-def _register() -> None:
-    for name, preset in QA_CONFIGS.items():
-        frames, size = _PRESET_INPUT[name]
-
-        def build(_preset=preset, **overrides: Any) -> UMTQA:
-            return UMTQA(_preset(**overrides))
-
-        register_model(name, loader=load_umt_qa_checkpoint, num_frames=frames, img_size=size, task="qa",
-                       builtin_weights=QA_BUILTIN_WEIGHTS.get(name, {}), description=_DESCRIPTIONS[name])(build)
+@register_model(loader=load_umt_qa_checkpoint, num_frames=12, img_size=224, task="qa",
+                description="UMT-QA ViT-L/16 (all video tokens, BERT-large question encoder, 5-layer answer decoder)")
+def umt_qa_l16(**overrides: Any) -> UMTQA:
+    return UMTQA(UMTQAConfig(VisionConfig.vit_l16(**overrides), TextEncoderConfig.bert_large(encoder_width=1024)))
 
 
-_register()
+@register_model(loader=load_umt_qa_checkpoint, num_frames=4, img_size=64, task="qa",
+                description="a tiny UMT-QA with the same classes, for tests")
+def umt_qa_tiny(**overrides: Any) -> UMTQA:
+    """Same classes, tiny sizes (tests): 4 vision blocks x 64, 4 text layers (fusion from 2), 2 decoder layers."""
+    vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, **overrides})
+    text = TextEncoderConfig(vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
+                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    return UMTQA(UMTQAConfig(vision, text))
+
+
+# README "The QA demo" says how its weights were trained
+@register_model(loader=load_umt_qa_checkpoint, num_frames=8, img_size=96, task="qa",
+                builtin_weights={"umt_qa_demo_synthetic": "umt_qa_demo_synthetic.safetensors"},
+                description="the demo-size UMT-QA for the synthetic QA benchmark (configs/demo_qa_umt.yaml); weights "
+                            "builtin:umt_qa_demo_synthetic")
+def umt_qa_demo(**overrides: Any) -> UMTQA:
+    """The demo size (configs/demo_qa_umt.yaml): umt_demo's encoders (6 x 192, 8 frames at 96 px; 2 text + 2 fusion
+    layers over a 64-word vocabulary), a 2-layer answer decoder."""
+    vision = VisionConfig(**{"embed_dim": 192, "depth": 6, "num_heads": 3, **overrides})
+    text = TextEncoderConfig(vocab_size=64, hidden_size=192, num_layers=4, num_heads=3, intermediate_size=768,
+                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    return UMTQA(UMTQAConfig(vision, text))

@@ -2,7 +2,7 @@
 q/v biases and a fixed sin-cos table, then mean pooling + ``pool_norm``.
 
 Module names follow the official checkpoints: ``VisionTransformer`` is ``vision_encoder`` (``encoder.*`` +
-``pool_norm.*``); ``VisionEncoder`` is its ``encoder`` (patch_embed, blocks, norm).
+``pool_norm.*``); its ``encoder`` is the shared ``ViTEncoder`` (patch_embed, blocks, norm).
 """
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ...merging import MergeState
-from ..layers import (  # noqa: F401  (re-exported: the historical home of these names)
-    Attention, Block, DropPath, Mlp, PatchEmbed, ViTConfig, ViTEncoder, init_vit_weights, position_table, sincos_table,
-)
+from ..layers import ViTConfig, ViTEncoder, init_vit_weights
 
 
 @dataclass
@@ -27,9 +25,6 @@ class VisionConfig(ViTConfig):
     @classmethod
     def vit_l16(cls, **kw: object) -> "VisionConfig":
         return cls(**{"embed_dim": 1024, "depth": 24, "num_heads": 16, **kw})
-
-
-VisionEncoder = ViTEncoder
 
 
 class VisionTransformer(nn.Module):
@@ -51,6 +46,3 @@ class VisionTransformer(nn.Module):
         tokens = self.encoder(video, state)
         pooled = self.pool_norm(tokens.mean(dim=1))
         return (tokens, pooled, state) if return_state else (tokens, pooled)
-
-
-_init_weights = init_vit_weights

@@ -1,4 +1,4 @@
-"""VideoMAE v1 classifier: what a backbone provides, in one file (a preset, a model, a checkpoint converter).
+"""VideoMAE v1 classifier: what a backbone provides, in one file (a model, a checkpoint converter, its presets).
 
 Architecture (MCG-NJU/VideoMAE ``modeling_finetune.py``): Conv3d tubelet 2 x 16 x 16 -> 8 x 14 x 14 = 1568 tokens
 (time-major), no CLS, a fixed 1-D sin-cos table (not in state dicts), pre-LN blocks (eps 1e-6) with q / v biases
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ...merging import MergeState
 from ..checkpoint import LoadReport, load_state_into, read_state_dict, strip_prefix
+from ..interfaces import VideoClassifier
 from ..layers import ViTConfig, ViTEncoder, init_vit_weights
 from ..registry import register_model
 
@@ -47,33 +48,10 @@ class VideoMAEConfig:
     size_weighted_pool: bool = False
 
 
-_HEAD_FIELDS = {"num_classes", "fc_drop", "size_weighted_pool"}
-
-
-def _preset(vit: dict[str, Any], **overrides: Any) -> VideoMAEConfig:
-    head = {k: overrides.pop(k) for k in list(overrides) if k in _HEAD_FIELDS}
-    base = {"tubelet_size": 2, "num_frames": 16, "final_norm": False}
-    return VideoMAEConfig(vit=ViTConfig(**{**base, **vit, **overrides}), **head)
-
-
-VIDEOMAE_CONFIGS = {
-    "videomae_b16": lambda **kw: _preset({}, **kw),
-    "videomae_l16": lambda **kw: _preset({"embed_dim": 1024, "depth": 24, "num_heads": 16}, **kw),
-    "videomae_tiny": lambda **kw: _preset(
-        {"embed_dim": 64, "depth": 4, "num_heads": 4, "img_size": 64, "num_frames": 4}, **{"num_classes": 10, **kw}),
-    # the embedded action demo (configs/demo_videomae.yaml): 4 x 6 x 6 = 144 tokens, 12 synthetic action classes
-    "videomae_demo": lambda **kw: _preset(
-        {"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "num_frames": 8}, **{"num_classes": 12, **kw}),
-}
-
-BUILTIN_WEIGHTS = {
-    # preset -> {weights name: file under vidtldr_pl/weights}; README "The action demo" says how they were trained
-    "videomae_demo": {"videomae_demo_synthetic": "videomae_demo_synthetic.safetensors"},
-}
-
-
 class VideoMAE(nn.Module):
     """VideoMAE classifier. video: (B, 3, T, H, W) normalised with the ImageNet mean / std -> logits (B, classes)."""
+
+    implements = (VideoClassifier,)
 
     def __init__(self, cfg: VideoMAEConfig) -> None:
         super().__init__()
@@ -176,26 +154,45 @@ def load_videomae_checkpoint(model: nn.Module, path: str | Path, strict: bool = 
     return load_state_into(model, state, str(path), strict, report=report)
 
 
-def _register() -> None:
-    descriptions = {
-        "videomae_b16": "VideoMAE v1 ViT-B/16 classifier (16 frames, tubelet 2, 1568 tokens, no CLS)",
-        "videomae_l16": "VideoMAE v1 ViT-L/16 classifier (16 frames, tubelet 2, 1568 tokens, no CLS)",
-        "videomae_tiny": "a tiny VideoMAE-style classifier, for tests",
-        "videomae_demo": "the embedded action demo classifier (6 x 192, 8 frames at 96 px, 12 classes); weights "
-                         "builtin:videomae_demo_synthetic",
-    }
-    for name, preset in VIDEOMAE_CONFIGS.items():
-        probe = preset()
-
-        def build(_preset=preset, **overrides: Any) -> VideoMAE:
-            return VideoMAE(_preset(**overrides))
-
-        register_model(name, loader=load_videomae_checkpoint, num_frames=probe.vit.num_frames,
-                       img_size=probe.vit.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, task="classification",
-                       builtin_weights=BUILTIN_WEIGHTS.get(name, {}), description=descriptions[name])(build)
+# ------------------------------------------------------------------------------------------------------ presets
+_HEAD_FIELDS = {"num_classes", "fc_drop", "size_weighted_pool"}
 
 
-_register()
+def _config(vit: dict[str, Any], **overrides: Any) -> VideoMAEConfig:
+    """overrides: VideoMAEConfig head fields (num_classes, fc_drop, size_weighted_pool), the rest ViTConfig fields."""
+    head = {k: overrides.pop(k) for k in list(overrides) if k in _HEAD_FIELDS}
+    return VideoMAEConfig(vit=ViTConfig(**{"tubelet_size": 2, "final_norm": False, **vit, **overrides}), **head)
 
-__all__ = ["BUILTIN_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "VIDEOMAE_CONFIGS", "VideoMAE", "VideoMAEConfig",
-           "load_videomae_checkpoint", "to_videomae_layout"]
+
+_CLASSIFIER = dict(loader=load_videomae_checkpoint, mean=IMAGENET_MEAN, std=IMAGENET_STD, task="classification")
+
+
+@register_model(num_frames=16, img_size=224, **_CLASSIFIER,
+                description="VideoMAE v1 ViT-B/16 classifier (16 frames, tubelet 2, 1568 tokens, no CLS)")
+def videomae_b16(**overrides: Any) -> VideoMAE:
+    return VideoMAE(_config({}, **overrides))
+
+
+@register_model(num_frames=16, img_size=224, **_CLASSIFIER,
+                description="VideoMAE v1 ViT-L/16 classifier (16 frames, tubelet 2, 1568 tokens, no CLS)")
+def videomae_l16(**overrides: Any) -> VideoMAE:
+    return VideoMAE(_config({"embed_dim": 1024, "depth": 24, "num_heads": 16}, **overrides))
+
+
+@register_model(num_frames=4, img_size=64, **_CLASSIFIER, description="a tiny VideoMAE-style classifier, for tests")
+def videomae_tiny(**overrides: Any) -> VideoMAE:
+    return VideoMAE(_config({"embed_dim": 64, "depth": 4, "num_heads": 4}, **{"num_classes": 10, **overrides}))
+
+
+# the embedded action demo (configs/demo_videomae.yaml): 4 x 6 x 6 = 144 tokens, 12 synthetic action classes;
+# README "The action demo" says how its weights were trained
+@register_model(num_frames=8, img_size=96, **_CLASSIFIER,
+                builtin_weights={"videomae_demo_synthetic": "videomae_demo_synthetic.safetensors"},
+                description="the embedded action demo classifier (6 x 192, 8 frames at 96 px, 12 classes); weights "
+                            "builtin:videomae_demo_synthetic")
+def videomae_demo(**overrides: Any) -> VideoMAE:
+    return VideoMAE(_config({"embed_dim": 192, "depth": 6, "num_heads": 3}, **{"num_classes": 12, **overrides}))
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VideoMAE", "VideoMAEConfig", "load_videomae_checkpoint",
+           "to_videomae_layout"]

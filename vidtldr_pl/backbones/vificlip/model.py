@@ -23,6 +23,7 @@ Inputs are normalised with the ImageNet mean / std (ViFi-CLIP's, inherited from 
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,41 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import CheckpointError
 from ...merging import MergeState
-from ..checkpoint import CheckpointError, LoadReport, load_state_into, read_state_dict, strip_prefix
-from ..layers import QuickGELU, ViTConfig, ViTEncoder, init_vit_weights
+from ..checkpoint import LoadReport, load_state_into, read_state_dict, strip_prefix
+from ..framewise import FrameViTEncoder, per_video
+from ..interfaces import DualEncoder, ZeroShotClassifier
+from ..layers import QuickGELU, ViTConfig, init_vit_weights
 from ..registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PROMPT_TEMPLATE = "a photo of a {}."
-
-
-class FrameViTEncoder(ViTEncoder):
-    """A per-frame image ViT over videos: (B, 3, T, H, W) -> tokens (B x T, N', D), frame-major.
-
-    ``cfg`` describes ONE frame (num_frames 1, tubelet 1); ``video_frames`` is the default clip length used by
-    ``example_input``. Merging, sizes and tokens_per_layer are per frame (each frame is one row of the batch).
-    """
-
-    def __init__(self, cfg: ViTConfig, video_frames: int) -> None:
-        if cfg.num_frames != 1 or cfg.tubelet_size != 1:
-            raise ValueError("FrameViTEncoder's ViTConfig describes one frame: num_frames 1, tubelet_size 1")
-        super().__init__(cfg)
-        self.video_frames = video_frames
-
-    def example_input(self, batch_size: int = 1, device: torch.device | str | None = None) -> Tensor:
-        """A zero video: (batch_size, 3, video_frames, H, W)."""
-        s = self.cfg.img_size
-        return torch.zeros(batch_size, 3, self.video_frames, s, s, device=device)
-
-    def forward(self, video: Tensor, state: MergeState | None = None) -> Tensor:
-        """video: (B, 3, T, H, W) -> (B x T, N', D) after the final norm (identity for CLIP: ln_post is the model's)."""
-        if video.ndim != 5:
-            raise ValueError(f"expected video (B, 3, T, H, W), got {tuple(video.shape)}")
-        b, c, t, h, w = video.shape
-        frames = video.transpose(1, 2).reshape(b * t, c, 1, h, w)
-        return super().forward(frames, state)
 
 
 class TextBlock(nn.Module):
@@ -123,9 +100,6 @@ class CLIPTextTower(nn.Module):
         return eot @ self.text_projection
 
 
-_TEXT_FIELDS = {"embed_dim", "vocab_size", "context_length", "text_width", "text_layers", "text_heads"}
-
-
 @dataclass
 class ViFiCLIPConfig:
     """vision: ONE frame's ViT (CLS, learned positions, ln_pre, qkv bias, QuickGELU, no final norm: ln_post follows);
@@ -150,37 +124,12 @@ def _vision(**kw: Any) -> ViTConfig:
     return ViTConfig(**{**base, **kw})
 
 
-def _preset(vision: dict[str, Any], text: dict[str, Any], **overrides: Any) -> ViFiCLIPConfig:
-    """overrides: ViTConfig fields of the image tower (``vision_width`` is its embed_dim; ``embed_dim`` is the joint
-    space), ``num_frames``, ``clip_checkpoint`` and the text fields."""
-    width = overrides.pop("vision_width", None)
-    if width is not None:
-        vision = {**vision, "embed_dim": width}
-    top = {k: overrides.pop(k) for k in list(overrides) if k in _TEXT_FIELDS | {"num_frames", "clip_checkpoint"}}
-    return ViFiCLIPConfig(vision=_vision(**{**vision, **overrides}), **{**text, **top})
-
-
-VIFICLIP_CONFIGS = {
-    "vificlip_b16": lambda **kw: _preset({}, {}, **kw),
-    "vificlip_tiny": lambda **kw: _preset(
-        {"embed_dim": 64, "depth": 3, "num_heads": 4, "img_size": 32, "patch_size": 8},
-        {"num_frames": 4, "embed_dim": 32, "vocab_size": 49408, "context_length": 16, "text_width": 32,
-         "text_layers": 2, "text_heads": 4}, **kw),
-    # the embedded demo (configs/demo_vificlip.yaml): umt_demo's vision widths (6 x 192, 96 px: 37 tokens a frame,
-    # GELU as UMT, so it starts from that encoder: scripts/init_from_umt_demo.py), 8 frames, a small text tower
-    "vificlip_demo": lambda **kw: _preset(
-        {"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 96, "patch_size": 16, "act": "gelu"},
-        {"num_frames": 8, "embed_dim": 128, "vocab_size": 49408, "context_length": 32, "text_width": 64,
-         "text_layers": 4, "text_heads": 2}, **kw),
-}
-# preset -> {weights name: file under vidtldr_pl/weights}; README "The ViFi-CLIP demo" says how they were trained
-BUILTIN_WEIGHTS = {"vificlip_demo": {"vificlip_demo_synthetic": "vificlip_demo_synthetic.safetensors"}}
-
-
 class ViFiCLIP(nn.Module):
     """Dual encoder. ``encode_video``: (B, 3, T, H, W) ImageNet-normalised -> (B, E) unit vectors;
     ``encode_text``: ids (K, L) -> (K, E) unit vectors; ``forward(video)`` -> (B, K) logits against the class
     prompts set with ``set_class_names`` (encoded once, kept as a buffer)."""
+
+    implements = (DualEncoder, ZeroShotClassifier)
 
     def __init__(self, cfg: ViFiCLIPConfig) -> None:
         super().__init__()
@@ -216,25 +165,22 @@ class ViFiCLIP(nn.Module):
         """video: (B, 3, T, H, W) -> per-frame embeddings (B, T, E) (ln_post + proj on each frame's CLS)."""
         state = state if state is not None else self.encoder.new_merge_state()
         tokens = self.encoder(video, state)  # (B x T, N', D), CLS first
-        frames = self.ln_post(tokens[:, 0]) @ self.proj
-        return frames.reshape(video.shape[0], video.shape[2], -1)
+        return per_video(self.ln_post(tokens[:, 0]) @ self.proj, video.shape[0])
 
     def encode_video(self, video: Tensor, state: MergeState | None = None) -> Tensor:
         """video: (B, 3, T, H, W) -> (B, E): the temporal mean of the frame embeddings, L2-normalised."""
         return F.normalize(self.frame_features(video, state).mean(dim=1), dim=-1)
 
-    forward_features = encode_video
-
     # -------------------------------------------------------------------------------------------------- text
-    def encode_text(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """ids: (K, L) CLIP BPE ids -> (K, E) unit vectors (attention_mask is accepted for RetrievalTask and unused:
-        the causal tower reads up to EOT)."""
-        return F.normalize(self.text(ids), dim=-1)
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids: (K, L) CLIP BPE ids -> (K, E) unit vectors (attention_mask is accepted for RetrievalTask and
+        unused: the causal tower reads up to EOT)."""
+        return F.normalize(self.text(input_ids), dim=-1)
 
     @torch.no_grad()
     def set_class_names(self, names: Sequence[str], template: str = PROMPT_TEMPLATE, batch_size: int = 256) -> Tensor:
         """Encode ``template.format(name)`` for every class once; kept as ``class_features`` (K, E)."""
-        from ...text.clip_tokenizer import clip_tokenize
+        from ...text.clip_tokenizer import clip_tokenize  # the text package loads tokenizers: only when prompted
 
         ids = clip_tokenize([template.format(n.replace("_", " ")) for n in names], self.cfg.context_length)
         ids = ids.to(self.logit_scale.device)
@@ -260,6 +206,13 @@ class ViFiCLIP(nn.Module):
     def text_embed(self, text_hidden: Tensor) -> Tensor:
         """``encode_text``'s (B, E) -> L2-normalised (B, E)."""
         return F.normalize(text_hidden, dim=-1)
+
+    def temperature(self, clamp: bool = False) -> Tensor:
+        """1 / exp(logit_scale) (0-d); clamp: first ``logit_scale`` into [0, log(100)] in place (CLIP's recipe)."""
+        if clamp:
+            with torch.no_grad():
+                self.logit_scale.clamp_(0.0, math.log(100.0))
+        return self.logit_scale.exp().reciprocal()
 
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> logits (B, K) = exp(logit_scale) x cosine with the class prompts."""
@@ -415,29 +368,50 @@ def load_vificlip_checkpoint(model: ViFiCLIP, path: str | Path, strict: bool = T
     return load_state_into(model, state, str(path), strict, report=report)
 
 
-def _loader(model: nn.Module, path: str, strict: bool = True) -> LoadReport:
-    return load_vificlip_checkpoint(model, path, strict)
+# ------------------------------------------------------------------------------------------------------ presets
+_TEXT_FIELDS = {"embed_dim", "vocab_size", "context_length", "text_width", "text_layers", "text_heads"}
 
 
-def _register() -> None:
-    descriptions = {
-        "vificlip_b16": "ViFi-CLIP: CLIP ViT-B/16 per frame (197 tokens, CLS protected) + CLIP text tower, 32 frames",
-        "vificlip_tiny": "a tiny ViFi-CLIP-style dual encoder, for tests",
-        "vificlip_demo": "the embedded zero-shot demo (6 x 192 per frame, 8 frames at 96 px, 4 x 64 text tower); "
-                         "weights builtin:vificlip_demo_synthetic",
-    }
-    for name, preset in VIFICLIP_CONFIGS.items():
-        probe = preset()
-
-        def build(_preset=preset, **overrides: Any) -> ViFiCLIP:
-            return ViFiCLIP(_preset(**overrides))
-
-        register_model(name, loader=_loader, num_frames=probe.num_frames, img_size=probe.vision.img_size,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, task="classification",
-                       builtin_weights=BUILTIN_WEIGHTS.get(name, {}), description=descriptions[name])(build)
+def _config(vision: dict[str, Any], text: dict[str, Any], **overrides: Any) -> ViFiCLIPConfig:
+    """overrides: ViTConfig fields of the image tower (``vision_width`` is its embed_dim; ``embed_dim`` is the joint
+    space), ``num_frames`` (frames per clip), ``clip_checkpoint`` and the text fields."""
+    width = overrides.pop("vision_width", None)
+    if width is not None:
+        vision = {**vision, "embed_dim": width}
+    top = {k: overrides.pop(k) for k in list(overrides) if k in _TEXT_FIELDS | {"num_frames", "clip_checkpoint"}}
+    return ViFiCLIPConfig(vision=_vision(**{**vision, **overrides}), **{**text, **top})
 
 
-_register()
+_ZERO_SHOT = dict(loader=load_vificlip_checkpoint, mean=IMAGENET_MEAN, std=IMAGENET_STD, task="classification")
 
-__all__ = ["FrameViTEncoder", "IMAGENET_MEAN", "IMAGENET_STD", "PROMPT_TEMPLATE", "VIFICLIP_CONFIGS", "ViFiCLIP",
-           "ViFiCLIPConfig", "load_vificlip_checkpoint", "to_vificlip_layout"]
+
+@register_model(num_frames=32, img_size=224, **_ZERO_SHOT,
+                description="ViFi-CLIP: CLIP ViT-B/16 per frame (197 tokens, CLS protected) + CLIP text tower, 32 frames")
+def vificlip_b16(**overrides: Any) -> ViFiCLIP:
+    return ViFiCLIP(_config({}, {}, **overrides))
+
+
+@register_model(num_frames=4, img_size=32, **_ZERO_SHOT, description="a tiny ViFi-CLIP-style dual encoder, for tests")
+def vificlip_tiny(**overrides: Any) -> ViFiCLIP:
+    return ViFiCLIP(_config(
+        {"embed_dim": 64, "depth": 3, "num_heads": 4, "patch_size": 8},
+        {"embed_dim": 32, "vocab_size": 49408, "context_length": 16, "text_width": 32, "text_layers": 2,
+         "text_heads": 4}, **overrides))
+
+
+# the embedded demo (configs/demo_vificlip.yaml): umt_demo's vision widths (6 x 192, 96 px: 37 tokens a frame, GELU
+# as UMT, so it starts from that encoder: tools/init_from_umt_demo.py), 8 frames, a small text tower; README
+# "The ViFi-CLIP demo" says how its weights were trained
+@register_model(num_frames=8, img_size=96, **_ZERO_SHOT,
+                builtin_weights={"vificlip_demo_synthetic": "vificlip_demo_synthetic.safetensors"},
+                description="the embedded zero-shot demo (6 x 192 per frame, 8 frames at 96 px, 4 x 64 text tower); "
+                            "weights builtin:vificlip_demo_synthetic")
+def vificlip_demo(**overrides: Any) -> ViFiCLIP:
+    return ViFiCLIP(_config(
+        {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 16, "act": "gelu"},
+        {"embed_dim": 128, "vocab_size": 49408, "context_length": 32, "text_width": 64, "text_layers": 4,
+         "text_heads": 2}, **overrides))
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PROMPT_TEMPLATE", "ViFiCLIP", "ViFiCLIPConfig", "load_vificlip_checkpoint",
+           "to_vificlip_layout"]

@@ -1,7 +1,7 @@
 """Starting points for the action and ViFi-CLIP demos: the retrieval demo's video encoder in their layouts.
 
-    python scripts/init_from_umt_demo.py videomae_demo videomae_demo_init.safetensors
-    python scripts/init_from_umt_demo.py vificlip_demo vificlip_demo_init.safetensors
+    python tools/init_from_umt_demo.py videomae_demo videomae_demo_init.safetensors
+    python tools/init_from_umt_demo.py vificlip_demo vificlip_demo_init.safetensors
 
 VideoMAE and ViFi-CLIP fine-tune pre-trained encoders; the demos do the same on a CPU budget. Their "pre-training" is
 the shipped retrieval demo (builtin:umt_demo_synthetic, trained on the synthetic captions that name the objects'

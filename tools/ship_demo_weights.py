@@ -1,10 +1,10 @@
 """Turn a finished demo training run into the weights that ship with the project, with their provenance.
 
-    python scripts/ship_demo_weights.py RUN/checkpoints/best-*.ckpt \
+    python tools/ship_demo_weights.py RUN/checkpoints/best-*.ckpt \
         --stage "python train.py --config configs/demo_umt.yaml --model.init_args.checkpoint=null ..." RUN1/logs \
         [--stage "python train.py --config configs/demo_umt.yaml --model.init_args.checkpoint=stage1.safetensors ..."
          RUN2/logs ...] [--note "..."]
-    python scripts/ship_demo_weights.py RUN/checkpoints/best-*.ckpt --weights videomae_demo_synthetic \
+    python tools/ship_demo_weights.py RUN/checkpoints/best-*.ckpt --weights videomae_demo_synthetic \
         --stage "python train.py --config configs/demo_videomae.yaml --model.init_args.checkpoint=null" RUN/logs
 
 ``--weights`` names the shipped weights (a key of DEMOS: its config, preset and validation metrics). Each ``--stage``

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The wheels a bare GPU image lacks, for an offline install there (docs/gpu_suite.md).
 #
-#   bash scripts/gpu_wheels.sh [DEST]          # DEST defaults to wheels/ (git-ignored); talks to PyPI only
+#   bash tools/gpu_wheels.sh [DEST]          # DEST defaults to wheels/ (git-ignored); talks to PyPI only
 #
 # The GPU machine (../shared/ENV_NOTES.md, "GPU machine") has Python 3.12, torch, lightning, torchmetrics, timm,
 # transformers and safetensors, but no jsonargparse (+ docstring-parser, typeshed-client), deepspeed (+ hjson,

@@ -1,10 +1,12 @@
-"""Saliency and merge maps of one video: ``python -m vidtldr_pl.visualize --config configs/demo_umt.yaml
---video clip.mp4 --out DIR [--method vidtldr] [--r 72,36,18]``.
+"""Saliency and merge maps of one video: ``python tools/visualize.py --config configs/demo_umt.yaml --video clip.mp4
+--out DIR [--method vidtldr] [--r 72,36,18]``.
 
 Writes ``<stem>_grid.png`` (rows: frames, the saliency heat map at the first merging block, the background mask,
 the merged groups of the final tokens), ``<stem>.gif`` (the same, animated over the frames), ``<stem>_share.png``
 / ``.svg`` (each frame's share of the saliency: the paper's Fig. 5) and ``<stem>.json`` (shares, tokens per block).
-The model comes from the config (model name, checkpoint); frames and size from its vision encoder.
+The model comes from the config (model name, checkpoint); frames and size from its vision encoder. A tool, not part
+of the library: it decodes the file with the data side's evaluation decoder and transform (``data_modules``), which
+the library never imports; the maps and pictures are the library's (``vidtldr_pl.explore``).
 """
 from __future__ import annotations
 
@@ -12,15 +14,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
+from vidtldr_pl.errors import EXIT_USAGE, UserError
 
 if TYPE_CHECKING:  # the heavy imports happen in the functions, so that --help answers at once
     from torch import Tensor, nn
 
-    from .explore.maps import MergeMaps
-    from .merging import MergeSetting
+    from vidtldr_pl.explore.maps import MergeMaps
+    from vidtldr_pl.merging import MergeSetting
 
 
 def load_video(path: str | Path, num_frames: int, img_size: int, tubelet: int = 1) -> tuple[Tensor, Tensor]:
@@ -38,8 +40,8 @@ def load_video(path: str | Path, num_frames: int, img_size: int, tubelet: int = 
 def video_maps(model: nn.Module, video: Tensor, setting: MergeSetting | None = None) -> MergeMaps:
     """Maps of video (1, 3, T, H, W) through model's first mergeable encoder; ``setting``: apply it first (None:
     keep the model's current merge setting)."""
-    from .explore.maps import merge_maps
-    from .merging import apply_merge, find_mergeable
+    from vidtldr_pl.explore.maps import merge_maps
+    from vidtldr_pl.merging import apply_merge, find_mergeable
 
     if setting is not None:
         apply_merge(model, setting)
@@ -57,8 +59,8 @@ def visualize_file(model: nn.Module, video_path: str | Path, out_dir: str | Path
     returns {"paths": {...}, "share": [[...]], "tokens_per_layer": [...]}."""
     import torch
 
-    from .explore.render import write_all
-    from .merging import find_mergeable
+    from vidtldr_pl.explore.render import write_all
+    from vidtldr_pl.merging import find_mergeable
 
     encoder = find_mergeable(model)[0]
     cfg = encoder.cfg
@@ -81,7 +83,7 @@ def default_r(config_argv: list[str], method: str) -> Any:
     """r of the config's ``compare`` row for ``method`` (None when there is none)."""
     import yaml
 
-    from .preflight import resolve_config_args
+    from vidtldr_pl.preflight import resolve_config_args
 
     argv = resolve_config_args(config_argv)
     for i, arg in enumerate(argv):
@@ -94,7 +96,7 @@ def default_r(config_argv: list[str], method: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vidtldr_pl.visualize", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python tools/visualize.py", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--out", required=True, help="output folder")
@@ -103,21 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not Path(args.video).is_file():
         print(f"error: --video {args.video}: no such file", file=sys.stderr)
-        return 2
-    from .cli import build_cli, resolve_config_args
-    from .merging import MergeSetting
-    from .sweep import quiet_config
+        return EXIT_USAGE
+    from vidtldr_pl.cli import build_cli
+    from vidtldr_pl.merging import MergeSetting
+    from vidtldr_pl.preflight import resolve_config_args
+    from vidtldr_pl.sweep import quiet_config
 
     r = args.r if args.r is not None else default_r(rest, args.method)
     if r is None:
         print(f"error: no r schedule for {args.method}: pass --r (e.g. --r 72,36,18)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         cli = build_cli(quiet_config(resolve_config_args(rest)), "evaluate")
         info = visualize_file(cli.model, args.video, args.out, MergeSetting(method=args.method, r=r))
-    except ValueError as err:
+    except (ValueError, UserError) as err:  # a bad option value, a missing or malformed input
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(json.dumps(info["paths"], indent=2))
     share = ", ".join(f"{100 * s:.1f}" for s in info["share"][0])
     print(f"tokens per block {info['tokens_per_layer']}; background {100 * info['background_fraction']:.0f} % of the "
