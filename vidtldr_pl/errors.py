@@ -8,6 +8,8 @@ derives from the builtin type callers used to catch (ValueError, RuntimeError, F
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 
 EXIT_USAGE = 2  #: exit code of a usage / input error (argparse's convention)
 
@@ -99,8 +101,19 @@ def user_error_in(err: BaseException) -> BaseException | None:
     return None
 
 
+def exit_code_of(body: Callable[[], object]) -> int:
+    """Run a tool's ``body``; a UserError or ValueError (a bad option value, a missing or malformed input) becomes
+    one ``error:`` line on stderr and ``EXIT_USAGE``; 0 otherwise."""
+    try:
+        body()
+    except (ValueError, UserError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
 __all__ = [
-    "EXIT_USAGE", "AnnotationError", "CheckpointError", "IncompleteEvaluationError", "MergeOverrideError",
+    "EXIT_USAGE", "AnnotationError", "CheckpointError", "IncompleteEvaluationError", "MergeOverrideError", "exit_code_of",
     "ScheduleError", "TokenizerNotFoundError", "UnknownWeightsError", "UsageError", "UserError", "VideoDecodeError",
     "user_error_in",
 ]

@@ -263,6 +263,7 @@ def check(argv: list[str], stage: str) -> list[str]:
 _NOT_ACCEPTED = re.compile(r"class_path '([\w.]+)':\s*Option '([\w.]+)' is not accepted")
 _PARSER_KEY = re.compile(r'Parser key "([\w.]+)":\s*(.*)')
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.+)")
+_CLASS_UNRECOGNIZED = re.compile(r"class_path '([\w.]+)':\s*unrecognized arguments: --([\w]+)[\w.]*")
 
 
 def _accepted(class_path: str) -> list[str]:
@@ -291,7 +292,8 @@ def parser_error_line(message: str) -> str:
     text = str(message)
     top = re.match(r'Parser key "(\w+)"', text)
     group = top.group(1) if top else None
-    found = _NOT_ACCEPTED.search(text)
+    # an option the class does not take: given whole, or nested (--model.init_args.<option>.<key>=...)
+    found = _NOT_ACCEPTED.search(text) or _CLASS_UNRECOGNIZED.search(text)
     if found:
         class_path, option = found.groups()
         where = f"--{group}.init_args.{option}" if group else option

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import METHOD_NAMES  # the heavy imports happen in run_search, so that --help answers at once
-from .errors import EXIT_USAGE, UserError
+from .errors import exit_code_of
 
 log = logging.getLogger("vidtldr_pl.search")
 
@@ -40,14 +40,9 @@ def plot_search(history: list[dict[str, Any]], out_stem: str | Path, metric_labe
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "schedule search")
-    fig.tight_layout()
-    out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    from .explore.figures import save_figure
+
+    return save_figure(fig, out_stem)
 
 
 def fragment(method: str, schedule: list[int], budget: str, value: float, metric_label: str) -> str:
@@ -170,12 +165,7 @@ def run_search(args: argparse.Namespace, config_argv: list[str]) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run_search(args, rest)
-    except (ValueError, UserError) as err:  # a bad option value, a missing or malformed input
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+    return exit_code_of(lambda: run_search(args, rest))
 
 
 if __name__ == "__main__":

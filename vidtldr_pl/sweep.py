@@ -21,7 +21,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from .catalog import METHOD_NAMES
-from .errors import EXIT_USAGE, UserError
+from .errors import exit_code_of
 
 if TYPE_CHECKING:  # the heavy imports happen in the functions, so that --help answers at once
     from .explore.flops_cost import FlopsCost
@@ -197,15 +197,7 @@ def _split_size(datamodule: Any, split: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.replot:
-            replot(Path(args.out), args.metric)
-            return 0
-        run_sweep(args, rest)
-    except (ValueError, UserError) as err:  # a bad option value, a missing or malformed input
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+    return exit_code_of(lambda: replot(Path(args.out), args.metric) if args.replot else run_sweep(args, rest))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState
-from ..merging.shift import representation_shift
+from ..merging.block import merging_block_forward
 from ..ops import ATTENTION_MODES, attention
 from .interfaces import VideoEncoder
 
@@ -207,37 +206,8 @@ class Block(nn.Module):
         return self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x: Tensor, state: MergeState | None = None) -> Tensor:
-        """x: (B, N, C) -> (B, N', C); state carries sizes / sources / the representation shift across the blocks
-        of one forward.
-
-        The shift (``state.record_shift`` only) is what the MLP branch adds to each token, measured after the MLP
-        residual; a method at the "attn" slot reads the previous block's, except in the first block, which hands it
-        the shift across its own attention. With ``grad_checkpointing`` (training), the attention and MLP branches
-        are recomputed in the backward pass; the merge step runs outside them, so the MergeState is updated exactly
-        once per forward.
-        """
-        state = state if state is not None else MergeState()
-        merge = self.merge
-        want_info = merge is not None and merge.needs_attention
-        bias = state.attention_bias()
-        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        if recompute:
-            out, info = checkpoint(self._attn_branch, x, bias, want_info, use_reentrant=False)
-        else:
-            out, info = self._attn_branch(x, bias, want_info)
-        x = x + out
-        if merge is not None and merge.position == "attn":
-            if merge.needs_shift and not state.tokens_per_layer:  # first block: no MLP has run yet
-                state.shift = representation_shift(out)
-            x = merge(x, state, info)
-        out = checkpoint(self._mlp_branch, x, use_reentrant=False) if recompute else self._mlp_branch(x)
-        x = x + out
-        if state.record_shift:
-            state.shift = representation_shift(out)
-        if merge is not None and merge.position == "mlp":
-            x = merge(x, state, info)
-        state.tokens_per_layer.append(x.shape[1])
-        return x
+        """x: (B, N, C) -> (B, N', C) (``merging.block.merging_block_forward``)."""
+        return merging_block_forward(self, x, state if state is not None else MergeState())
 
 
 class ViTEncoder(MergeableEncoder):

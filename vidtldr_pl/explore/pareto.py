@@ -5,6 +5,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .figures import save_figure
+
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates (lower-or-equal cost AND higher-or-equal quality, one of them
@@ -63,14 +65,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], metric: str, out_stem: str | Pat
     if not any(isinstance(r.get("videos_per_s"), (int, float)) for r in rows):
         ax2.text(0.5, 0.5, "not measured: each evaluation ran one batch\n(the first batch is the warm-up)",
                  ha="center", va="center", transform=ax2.transAxes, color="0.4")
-    fig.tight_layout()
-    out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_stem)
 
 
 __all__ = ["pareto_front", "plot_pareto"]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .figures import save_figure
 from .maps import MergeMaps
 
 
@@ -120,14 +121,7 @@ def plot_share(maps: MergeMaps, out_stem: str | Path, title: str = "") -> list[P
     ax.set_xticks(frames)
     ax.legend(fontsize=7)
     ax.set_title(title or "per-frame saliency share")
-    fig.tight_layout()
-    out_stem = Path(out_stem)
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_stem)
 
 
 def write_all(frames: Tensor, maps: MergeMaps, out_dir: str | Path, stem: str = "merge", title: str = "") -> dict[str, Path]:

@@ -1,7 +1,8 @@
 """One-call insertion of a merge method into a backbone, ToMe-style: ``patch(model, "vidtldr", r=[...])``.
 
 A backbone opts in by building its encoder on ``MergeableEncoder`` (blocks with a ``merge`` slot that call it
-between the attention residual and the MLP, and a forward that threads a fresh ``MergeState`` through them).
+between the attention residual and the MLP, and a forward that threads a fresh ``MergeState`` through them); a
+transformers / timm / open_clip model gets the same slots grafted in place (``vidtldr_pl.foreign``).
 """
 from __future__ import annotations
 
@@ -11,81 +12,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .encoder import LayerMerge, MergeableEncoder, MergeSettings, find_mergeable
 from .methods import MergeMethod, build_method
 from .schedule import RValue, build_schedule
-from .state import AttentionInfo, MergeState
-
-
-class LayerMerge(nn.Module):
-    """The merge slot of one block: a method and this block's r. No parameters."""
-
-    def __init__(self, method: MergeMethod, r: RValue) -> None:
-        super().__init__()
-        self.method = method
-        self.r = r
-
-    @property
-    def needs_attention(self) -> bool:
-        return self.method.needs_attention
-
-    @property
-    def needs_shift(self) -> bool:
-        return self.method.needs_shift
-
-    @property
-    def position(self) -> str:
-        """"attn": the block calls this slot after the attention residual; "mlp": after the MLP residual."""
-        return self.method.position
-
-    def forward(self, x: Tensor, state: MergeState, attn: AttentionInfo | None) -> Tensor:
-        """x: (B, N, C) -> (B, N', C)."""
-        return self.method(x, state, attn, self.r)
-
-    def extra_repr(self) -> str:
-        return f"method={self.method.name}, r={self.r}"
-
-
-@dataclass
-class MergeSettings:
-    """Static, per-encoder merge options (not per-forward state)."""
-
-    method: MergeMethod | None = None
-    schedule: tuple[RValue, ...] = ()
-    trace_source: bool = False
-
-
-class MergeableEncoder(nn.Module):
-    """Mixin for encoders that support merging (the merge contract). Subclasses define ``self.blocks``
-    (nn.ModuleList) whose blocks have a ``merge`` attribute (None or LayerMerge) called between the attention
-    residual and the MLP (``merge.position == "attn"``) or after the MLP residual ("mlp"), record the
-    representation shift of the MLP in ``state.shift`` when ``state.record_shift``, call ``self.new_merge_state()``
-    at the start of forward, and declare ``num_prefix_tokens``: the leading tokens (CLS) that ``patch`` protects
-    from merging. ``backbones.layers.Block`` does all of this."""
-
-    blocks: nn.ModuleList
-    merge_settings: MergeSettings
-
-    def new_merge_state(self) -> MergeState:
-        settings = getattr(self, "merge_settings", None) or MergeSettings()
-        method = settings.method
-        prop = method.proportional_attention if method is not None else True
-        shift = method.needs_shift if method is not None else False
-        return MergeState(trace_source=settings.trace_source, proportional_attention=prop, record_shift=shift)
-
-    @property
-    def num_tokens(self) -> int | None:
-        """Tokens entering the first block for the configured input, if the encoder knows it."""
-        return None
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        """Leading tokens (CLS, ...) that never merge."""
-        return 0
-
-
-def find_mergeable(model: nn.Module) -> list[MergeableEncoder]:
-    """All MergeableEncoder modules in model (the model itself included)."""
-    return [m for m in model.modules() if isinstance(m, MergeableEncoder)]
 
 
 def patch(
@@ -103,11 +32,10 @@ def patch(
     method "none" or r all zero removes merging. Raises ScheduleError for an r that does not fit the depth.
     """
     encoders = find_mergeable(model)
-    if not encoders:
-        raise TypeError(
-            f"{type(model).__name__} has no MergeableEncoder: merging needs a backbone whose blocks expose a "
-            "merge slot (vidtldr_pl.backbones); see vidtldr_pl.merging.patch.MergeableEncoder"
-        )
+    if not encoders:  # a transformers / timm / open_clip model: graft the merge slots (one line if unknown)
+        from ..foreign import adapt
+
+        encoders = adapt(model)
     merge_method = build_method(method, **method_kwargs)
     for encoder in encoders:
         schedule = build_schedule(r, len(encoder.blocks), layers)
@@ -132,7 +60,13 @@ def _clear(encoder: MergeableEncoder) -> None:
 
 
 def unpatch(model: nn.Module) -> nn.Module:
-    """Remove merging from every MergeableEncoder of model (in place); returns model."""
-    for encoder in find_mergeable(model):
+    """Remove merging from every MergeableEncoder of model (in place); a foreign model (``vidtldr_pl.foreign``) gets
+    its own classes back, exactly as before ``patch``. Returns model."""
+    encoders = find_mergeable(model)
+    for encoder in encoders:
         _clear(encoder)
+    if any(hasattr(e, "foreign_family") for e in encoders):
+        from ..foreign import restore
+
+        restore(model)
     return model
