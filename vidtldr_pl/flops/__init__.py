@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["FlopReport", "count_flops", "encoder_flops"]
+__all__ = ["FlopReport", "call_flops", "count_flops", "encoder_flops", "meta_call"]
 
 
 def __getattr__(name: str) -> Any:

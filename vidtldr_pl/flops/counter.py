@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 
@@ -81,4 +81,55 @@ def encoder_flops(encoder: nn.Module, video_shape: tuple[int, ...] | None = None
     state = encoder.new_merge_state()
     report, _ = count_flops(lambda: functional_call(encoder, tensors, (video, state), strict=False))
     report.tokens_per_layer = list(state.tokens_per_layer)
+    return report
+
+
+def _map_tensors(obj: Any, fn: Callable[[Tensor], Any]) -> Any:
+    """obj with every tensor in it (nested tuples / lists / dicts) replaced by fn(tensor)."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
+def meta_call(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """A call's arguments with every tensor replaced by a meta tensor of its shape and dtype (keeps no memory)."""
+    return _map_tensors(args, lambda t: torch.empty_like(t, device="meta")), \
+        _map_tensors(kwargs, lambda t: torch.empty_like(t, device="meta"))
+
+
+def call_flops(module: nn.Module, args: tuple, kwargs: dict, per: float = 1.0) -> FlopReport:
+    """FLOPs of one call ``module(*args, **kwargs)`` divided by ``per`` (the videos the call held), for an encoder
+    without ``example_input`` (a grafted transformers / timm / open_clip encoder: ``vidtldr_pl.foreign``).
+
+    Counted on the meta device (the module's parameters and the call's tensors as meta tensors of their shapes); a
+    library forward that cannot run on meta (a data-dependent step) runs once on zeros of those shapes on the
+    module's device instead. ``tokens_per_layer``: from the call's MergeState (``module.last_merge_state``), when it
+    merged."""
+    from torch.func import functional_call
+
+    def run(device: torch.device | str) -> FlopReport:
+        def place(t: Tensor) -> Tensor:
+            return torch.empty_like(t, device="meta") if device == "meta" else torch.zeros_like(t, device=device)
+
+        tensors = {n: place(t) for n, t in module.named_parameters()} if device == "meta" else {}
+        if device == "meta":
+            tensors.update({n: place(t) for n, t in module.named_buffers()})
+        call_args, call_kwargs = _map_tensors(args, place), _map_tensors(kwargs, place)
+        report, _ = count_flops(lambda: functional_call(module, tensors, call_args, call_kwargs, strict=False))
+        return report
+
+    try:
+        report = run("meta")
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        first = next(module.parameters(), None)
+        report = run(first.device if first is not None else "cpu")
+    state = getattr(module, "last_merge_state", None)
+    if state is not None and state.tokens_per_layer:
+        report.tokens_per_layer = list(state.tokens_per_layer)
+    per = max(per, 1e-9)
+    report.flops, report.merge_flops = round(report.flops / per), round(report.merge_flops / per)
     return report

