@@ -108,3 +108,20 @@ def test_unsupported_dinov2_backbone_one_line() -> None:
     with pytest.raises(UnsupportedModelError) as err:
         apply_merge(model, MergeSetting(method="tome", r=2))
     assert "\n" not in str(err.value) and "Dinov2Backbone" in str(err.value) and "Dinov2Model" in str(err.value)
+
+
+def test_transformers_checkpointing_is_handed_over_while_merging() -> None:
+    """With transformers' activation checkpointing on, a merging training step runs the merging forward's own
+    recomputation and gives the gradients of one without checkpointing; the layers' flags are put back."""
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = small_model("sdpa").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        apply_merge(model, MergeSetting(method="tome", r=[4, 4, 2, 0]))
+        model(pixel_values=x).last_hidden_state.square().sum().backward()
+        assert all(layer.gradient_checkpointing is checkpointing for layer in model.encoder.layer)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -80,11 +80,11 @@ def test_evaluate_compares_merging_on_a_saved_transformers_classifier(tmp_path):
 
 
 def test_the_table_gflops_are_the_encoders_own_count(tmp_path):
-    """The FLOPs the table reports for the grafted encoder equal a count of one direct forward of the model."""
+    """``call_flops`` (what EncoderStats reports for a grafted encoder: its first call replayed on the meta device)
+    equals a count of one real forward of the encoder, per video."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from vidtldr_pl.backbones import create_model
-    from vidtldr_pl.callbacks.measure import EncoderStats  # noqa: F401  (the path the table takes)
     from vidtldr_pl.flops import call_flops, meta_call
     from vidtldr_pl.merging import MergeSetting, apply_merge, find_mergeable
 
@@ -142,13 +142,15 @@ def test_evaluate_zero_shot_with_an_open_clip_model(tmp_path):
     cfg = {
         "seed_everything": 0,
         "model": {"class_path": "vidtldr_pl.tasks.zero_shot.ZeroShotClassificationTask",
-                  "init_args": {"model": "open_clip:ViT-B-16", "model_overrides": OPEN_CLIP, "prompt_template": "a {}"}},
+                  "init_args": {"model": "open_clip:ViT-B-16", "model_overrides": OPEN_CLIP,
+                                "prompt_template": "a {}"}},
         "data": {"class_path": "vidtldr_pl.data_modules.synthetic_objects.SyntheticObjectDataModule",
                  "init_args": {"cache_dir": str(tmp_path / "synthetic"), "seed": 0, "num_test": 8, "clip_frames": 4,
                                "clip_size": SIZE, "num_frames": 2, "img_size": SIZE, "eval_batch_size": 4,
                                "num_workers": 0}},
         "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "logger": False},
-        "compare": [{"name": "no merging", "method": "none"}, {"name": "vid-TLDR", "method": "vidtldr", "r": [2, 2, 1]}],
+        "compare": [{"name": "no merging", "method": "none"},
+                    {"name": "vid-TLDR", "method": "vidtldr", "r": [2, 2, 1]}],
     }
     config, out = tmp_path / "open_clip_zs.yaml", tmp_path / "results.json"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -96,10 +96,10 @@ def test_hf_clip_is_a_dual_encoder_and_zero_shot_classifier(tmp_path):
 
 def test_hf_xclip_zero_shot_equals_its_logits_per_video(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.XCLIPConfig(text_config=CLIP_TEXT, vision_config=dict(CLIP_VISION, num_frames=4, mit_hidden_size=32,
-                                   mit_intermediate_size=64, mit_num_hidden_layers=1, mit_num_attention_heads=2),
-                                   projection_dim=32, prompt_layers=1, prompt_attention_dropout=0.0,
-                                   prompt_projection_dropout=0.0)
+    vision = dict(CLIP_VISION, num_frames=4, mit_hidden_size=32, mit_intermediate_size=64, mit_num_hidden_layers=1,
+                  mit_num_attention_heads=2)
+    cfg = transformers.XCLIPConfig(text_config=CLIP_TEXT, vision_config=vision, projection_dim=32, prompt_layers=1,
+                                   prompt_attention_dropout=0.0, prompt_projection_dropout=0.0)
     model = create_model(_saved(tmp_path, transformers.XCLIPModel(cfg), "xclip")).eval()
     assert isinstance(model, XCLIPZeroShot) and isinstance(model, ZeroShotClassifier)
     model.set_class_names(["run", "jump"])
@@ -286,3 +286,23 @@ def test_a_task_builds_a_foreign_name(tmp_path):
     video = _video()
     with torch.no_grad():
         assert task(video.transpose(1, 2)).shape == (2, 7)  # the task's layout (B, T, 3, H, W)
+
+
+def test_layer_decay_finds_the_blocks_of_a_transformers_model():
+    """Layer-wise lr decay groups a grafted encoder's blocks by membership (transformers calls them encoder.layer.i):
+    each block its own scale, as for our presets."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    from vidtldr_pl.foreign import adapt
+    from vidtldr_pl.tasks.optim import layer_decay_groups
+
+    model = VideoMAEForVideoClassification(VideoMAEConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=16, num_frames=4, tubelet_size=2, num_labels=3))
+    encoder = adapt(model)[0]
+    groups = layer_decay_groups(model, encoder, weight_decay=0.05, layer_decay=0.75)
+    scales = {g["layer_id"]: g["lr_scale"] for g in groups}
+    assert {1, 2, 3} <= set(scales) and len({scales[i] for i in (1, 2, 3)}) == 3
+    for i, block in enumerate(encoder.blocks, start=1):
+        names = {n for g in groups if g["layer_id"] == i for n in g["names"]}
+        assert names and all(f"layer.{i - 1}." in n for n in names)

@@ -87,3 +87,19 @@ def test_unknown_models_get_one_line_naming_them():
     message = str(err.value)
     assert "\n" not in message and "torch.nn.modules.container.Sequential" in message
     assert "timm VisionTransformer" in message and "timm VisionTransformer" in supported_families()
+
+
+def test_timms_own_checkpointing_is_handed_over_while_merging():
+    """With timm's grad_checkpointing on, a training forward through the model still merges (the merging forward
+    recomputes instead) and gives the gradients of the run without checkpointing; timm's flag is put back."""
+    x = _images()
+    grads = []
+    for checkpointing in (False, True):
+        model = _model().train()
+        model.set_grad_checkpointing(checkpointing)
+        patch(model, "vidtldr", r=R)
+        model(x).square().sum().backward()
+        assert find_mergeable(model)[0].last_merge_state.tokens_per_layer == [16, 14, 13]
+        assert model.grad_checkpointing is checkpointing
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

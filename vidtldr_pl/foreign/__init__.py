@@ -6,6 +6,7 @@ from .core import (
     supported_families,
 )
 from . import timm_vit  # noqa: F401, E402  (registers the families)
+from . import hf_dinov2  # noqa: F401, E402
 from . import hf_videomae  # noqa: F401, E402
 from . import hf_vivit  # noqa: F401, E402
 from . import hf_timesformer  # noqa: F401, E402

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import UsageError
+from .hooks import hand_over_checkpointing
 from .core import FamilyAdapter, head_split, register_family, size_weighted_mean
 
 _MODELS = ("transformers.models.dinov2.modeling_dinov2.Dinov2Model",
@@ -92,13 +93,16 @@ class HFDinov2(FamilyAdapter):
     def install_pooling(self, model: nn.Module, encoder: nn.Module) -> list[RemovableHandle]:
         """``...ForImageClassification``: ``classifier(cat[CLS, mean(patch tokens)])`` reads the size-weighted mean
         (a hook keeps the encoder's output; a pre-hook on the classifier replaces the plain mean)."""
+        handles = hand_over_checkpointing(  # transformers' per-layer checkpointing would re-run the merging forward
+            self.block_runner(encoder), encoder, lambda: self.blocks(encoder),
+            lambda: [(layer, "gradient_checkpointing") for layer in self.blocks(encoder)])
         head = None
         for module in model.modules():
             if getattr(module, "dinov2", None) is encoder or getattr(module, "dinov2_with_registers", None) is encoder:
                 head = module
         classifier = getattr(head, "classifier", None)
         if not isinstance(classifier, nn.Linear):  # no head, or num_labels == 0 (an Identity)
-            return []
+            return handles
         skip = self.num_prefix_tokens(encoder)
         seen: dict[str, Any] = {}
 
@@ -114,7 +118,8 @@ class HFDinov2(FamilyAdapter):
             pooled = size_weighted_mean(tokens, state, skip=skip).to(x.dtype)
             return (_replace_mean(x, pooled, c),)
 
-        return [encoder.register_forward_hook(keep_output), classifier.register_forward_pre_hook(size_aware_mean)]
+        return handles + [encoder.register_forward_hook(keep_output),
+                          classifier.register_forward_pre_hook(size_aware_mean)]
 
 
 def _replace_mean(x: Tensor, pooled: Tensor, c: int) -> Tensor:

@@ -56,8 +56,7 @@ def size_bias_in_attention_pool(mha: nn.MultiheadAttention, encoder: nn.Module) 
 
 def hand_over_checkpointing(runner: nn.Module, encoder: nn.Module, blocks: Callable[[], Any],
                             own_flags: Callable[[], list[tuple[nn.Module, str]]]) -> list[RemovableHandle]:
-    """Hooks on ``runner`` (the module whose forward runs the blocks; install them after the core's MergeState
-    hooks): while ``encoder.merge_state`` is set, every ``(module, attribute)`` of ``own_flags()`` that is true is
+    """Hooks on ``runner`` (a module whose forward runs the blocks): while the encoder merges, every ``(module, attribute)`` of ``own_flags()`` that is true is
     set False for the forward, and the blocks' ``grad_checkpointing`` set True in its place; both are put back
     after the forward (or at the next forward, if one raised)."""
     saved: list[tuple[nn.Module, str, Any, bool]] = []  # (module, name, old value, was in the instance dict)
@@ -76,7 +75,8 @@ def hand_over_checkpointing(runner: nn.Module, encoder: nn.Module, blocks: Calla
 
     def before(module: nn.Module, args: tuple) -> None:
         put_back()
-        if getattr(encoder, "merge_state", None) is None:
+        settings = getattr(encoder, "merge_settings", None)
+        if settings is None or settings.method is None:  # not merging: the model checkpoints as it is configured
             return
         active = [(m, name) for m, name in own_flags() if getattr(m, name, False)]
         if not active:

@@ -4,6 +4,8 @@ Blocks ``x + drop_path1(ls1(attn(norm1(x))))``, ``x + drop_path2(ls2(mlp(norm2(x
 norms, its output norm and its gate are kept. Prefix tokens: timm's ``num_prefix_tokens`` (CLS, registers,
 distillation). Pooling: ``global_pool="avg"`` averages the tokens (after the prefix unless ``pool_include_prefix``):
 made size-weighted; "token" (CLS) and "map" (attention pooling) need nothing; "max" / "avgmax" stay as written.
+timm's ``grad_checkpointing`` is handed over to the merging forward's recomputation while the model merges (through
+``model(x)``; ``forward_features`` called alone with timm's checkpointing on runs its blocks unmerged).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .core import FamilyAdapter, graft_attribute, register_family, size_weighted_mean
+from .hooks import hand_over_checkpointing
 
 
 @register_family
@@ -58,8 +61,12 @@ class TimmViT(FamilyAdapter):
         return block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
     def install_pooling(self, model: nn.Module, encoder: nn.Module) -> list[RemovableHandle]:
+        # timm's own checkpointing (checkpoint_seq) calls the blocks one by one, past the hooks of ``blocks``: while
+        # the model merges, its forward hands it over to the merging forward's recomputation
+        handles = hand_over_checkpointing(encoder, encoder, lambda: encoder.blocks,
+                                          lambda: [(encoder, "grad_checkpointing")])
         if encoder.global_pool != "avg" or encoder.attn_pool is not None:
-            return []  # CLS ("token"), attention pooling ("map") or none: nothing averages tokens
+            return handles  # CLS ("token"), attention pooling ("map") or none: nothing averages tokens
         original = encoder.pool
         skip = 0 if encoder.pool_include_prefix else self.num_prefix_tokens(encoder)
 
@@ -70,4 +77,4 @@ class TimmViT(FamilyAdapter):
             return original(x, pool_type)
 
         graft_attribute(encoder, "pool", size_aware_pool)  # an instance attribute over the method; restore drops it
-        return []
+        return handles

@@ -280,7 +280,8 @@ class OpenCLIPDualEncoder(CLIPDualEncoder):
 
 class XCLIPZeroShot(_PromptClassifier):
     """transformers ``XCLIPModel`` as a ``ZeroShotClassifier``: video (B, 3, T, H, W) -> its ``logits_per_video``
-    (B, K) against the class prompts (tokenised once by ``set_class_names``; the model conditions them on each video)."""
+    (B, K) against the class prompts (tokenised once by ``set_class_names``; the model conditions them on each
+    video)."""
 
     implements = (ZeroShotClassifier,)
 

@@ -36,12 +36,15 @@ def layer_decay_groups(module: nn.Module, encoder: nn.Module, weight_decay: floa
     if encoder_prefix is None:
         raise ValueError("layer_decay_groups: the encoder is not a submodule of the module")
     depth = len(encoder.blocks)
+    # a block's parameters by membership, whatever the family calls its blocks (ours "blocks.i", transformers
+    # "encoder.layer.i"); the rest by name
+    block_of = {id(p): i + 1 for i, block in enumerate(encoder.blocks) for p in block.parameters()}
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
-        lid = layer_id(name, encoder_prefix, depth)
+        lid = block_of.get(id(p)) or layer_id(name, encoder_prefix, depth)
         group = groups.setdefault((lid, no_decay), {
             "params": [], "names": [], "layer_id": lid, "lr_scale": layer_decay ** (depth + 1 - lid),
             "weight_decay": 0.0 if no_decay else weight_decay,
