@@ -22,12 +22,12 @@ from typing import Any
 
 from torch import nn
 
+from ..catalog import FOREIGN_PREFIXES
 from ..errors import CheckpointError, UnknownWeightsError
 from .checkpoint import LoadReport
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
-FOREIGN_PREFIXES = ("hf:", "timm:", "open_clip:")  # names vidtldr_pl.foreign.loading builds (imported on use)
 Builder = Callable[..., nn.Module]
 Loader = Callable[[nn.Module, str, bool], LoadReport]
 
@@ -135,5 +135,5 @@ def create_model(name: str, checkpoint: str | None = None, strict: bool = True, 
     return model
 
 
-__all__ = ["FOREIGN_PREFIXES", "WEIGHTS_DIR", "ModelEntry", "PretrainedCfg", "create_model", "list_models", "model_entry",
+__all__ = ["WEIGHTS_DIR", "ModelEntry", "PretrainedCfg", "create_model", "list_models", "model_entry",
            "pretrained_cfg", "register_model", "resolve_checkpoint"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from ..backbones.registry import FOREIGN_PREFIXES as PREFIXES
+from ..catalog import FOREIGN_PREFIXES as PREFIXES
 from ..errors import CheckpointError, UserError
 
 
