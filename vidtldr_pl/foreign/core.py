@@ -33,6 +33,12 @@ from ..merging.state import AttentionInfo, MergeState
 from ..ops import ATTENTION_MODES, attention
 
 
+def qualified_names(module: nn.Module) -> set[str]:
+    """``module.Class`` names of the classes in ``type(module)``'s MRO (matching a library's class by name, without
+    importing the library)."""
+    return {f"{k.__module__}.{k.__qualname__}" for k in type(module).__mro__}
+
+
 class UnsupportedModelError(UserError, TypeError):
     """A model object no family adapter knows (names its class and the supported ones)."""
 
@@ -56,7 +62,7 @@ class FamilyAdapter:
     # ---------------------------------------------------------------- finding the encoders (family)
     @classmethod
     def accepts(cls, module: nn.Module) -> bool:
-        names = {f"{k.__module__}.{k.__qualname__}" for k in type(module).__mro__}
+        names = qualified_names(module)
         return any(c in names for c in cls.classes)
 
     def encoders(self, model: nn.Module) -> list[nn.Module]:
@@ -336,4 +342,4 @@ def size_weighted_mean(tokens: Tensor, state: MergeState | None, skip: int = 0) 
 
 
 __all__ = ["FamilyAdapter", "UnsupportedModelError", "adapt", "attend", "find_family", "graft_attribute", "head_split",
-           "register_family", "restore", "size_weighted_mean", "supported_families"]
+           "qualified_names", "register_family", "restore", "size_weighted_mean", "supported_families"]

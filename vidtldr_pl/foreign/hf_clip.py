@@ -21,12 +21,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import UsageError
-from .core import FamilyAdapter, head_split, register_family
-from .hooks import hand_over_checkpointing, size_weighted_classifier_input
+from .core import head_split, register_family
+from .hf_common import TransformersAdapter, hf_checkpointing_handover
+from .hooks import size_weighted_classifier_input
 
 
-class HFEncoderLayers(FamilyAdapter):
+class HFEncoderLayers(TransformersAdapter):
     """The layer layout CLIP and SigLIP share (``encoder.layers`` of ``layer_norm1``, ``self_attn.{q,k,v,out}_proj``,
     ``layer_norm2``, ``mlp``); subclasses name the classes, the prefix and the pooling."""
 
@@ -43,15 +43,6 @@ class HFEncoderLayers(FamilyAdapter):
         num_patches = getattr(encoder.embeddings, "num_patches", None)
         return None if num_patches is None else int(num_patches) + self.num_prefix_tokens(encoder)
 
-    def attention_mode(self, encoder: nn.Module) -> str:
-        return "explicit" if encoder.config._attn_implementation == "eager" else "fused"
-
-    def hidden_states(self, block: nn.Module, args: tuple, kwargs: dict) -> Tensor:
-        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-        if mask is not None:
-            raise UsageError(f"{type(block).__name__}: merging cannot apply an attention mask (it has the unmerged "
-                             f"length); call the model without one, or with merging off")
-        return super().hidden_states(block, args, kwargs)
 
     def attn_input(self, block: nn.Module, x: Tensor) -> Tensor:
         return block.layer_norm1(x)
@@ -69,9 +60,7 @@ class HFEncoderLayers(FamilyAdapter):
         return block.mlp(block.layer_norm2(x))
 
     def install_pooling(self, model: nn.Module, encoder: nn.Module) -> list[RemovableHandle]:
-        handles = hand_over_checkpointing(
-            self.block_runner(encoder), encoder, lambda: self.blocks(encoder),
-            lambda: [(layer, "gradient_checkpointing") for layer in self.blocks(encoder)])
+        handles = hf_checkpointing_handover(encoder, self.block_runner(encoder), self.blocks(encoder))
         return handles + self.classifier_pooling(model, encoder)
 
     def classifier_pooling(self, model: nn.Module, encoder: nn.Module) -> list[RemovableHandle]:

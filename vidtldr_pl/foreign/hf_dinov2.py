@@ -22,16 +22,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import UsageError
-from .hooks import hand_over_checkpointing
-from .core import FamilyAdapter, head_split, register_family, size_weighted_mean
+from .core import head_split, register_family, size_weighted_mean
+from .hf_common import TransformersAdapter, hf_checkpointing_handover
 
 _MODELS = ("transformers.models.dinov2.modeling_dinov2.Dinov2Model",
            "transformers.models.dinov2_with_registers.modeling_dinov2_with_registers.Dinov2WithRegistersModel")
 
 
 @register_family
-class HFDinov2(FamilyAdapter):
+class HFDinov2(TransformersAdapter):
     name = "transformers Dinov2Model / Dinov2WithRegistersModel"
     classes = _MODELS
     pooling = ("pooler_output is the CLS; ...ForImageClassification's mean of the patch tokens becomes "
@@ -51,17 +50,8 @@ class HFDinov2(FamilyAdapter):
         num_patches = getattr(encoder.embeddings.patch_embeddings, "num_patches", None)
         return None if num_patches is None else int(num_patches) + self.num_prefix_tokens(encoder)
 
-    def attention_mode(self, encoder: nn.Module) -> str:
-        return "explicit" if encoder.config._attn_implementation == "eager" else "fused"
 
     # ---------------------------------------------------------------- one block
-    def hidden_states(self, block: nn.Module, args: tuple, kwargs: dict) -> Tensor:
-        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-        if mask is not None:
-            raise UsageError(f"{type(block).__name__}: merging cannot apply an attention mask (it has the unmerged "
-                             f"length); call the model without attention_mask, or with merging off")
-        return super().hidden_states(block, args, kwargs)
-
     def attn_input(self, block: nn.Module, x: Tensor) -> Tensor:
         return block.norm1(x)
 
@@ -93,9 +83,7 @@ class HFDinov2(FamilyAdapter):
     def install_pooling(self, model: nn.Module, encoder: nn.Module) -> list[RemovableHandle]:
         """``...ForImageClassification``: ``classifier(cat[CLS, mean(patch tokens)])`` reads the size-weighted mean
         (a hook keeps the encoder's output; a pre-hook on the classifier replaces the plain mean)."""
-        handles = hand_over_checkpointing(  # transformers' per-layer checkpointing would re-run the merging forward
-            self.block_runner(encoder), encoder, lambda: self.blocks(encoder),
-            lambda: [(layer, "gradient_checkpointing") for layer in self.blocks(encoder)])
+        handles = hf_checkpointing_handover(encoder, self.block_runner(encoder), self.blocks(encoder))
         head = None
         for module in model.modules():
             if getattr(module, "dinov2", None) is encoder or getattr(module, "dinov2_with_registers", None) is encoder:

@@ -37,7 +37,7 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import UsageError
 from ..merging.state import AttentionInfo
 from .core import FamilyAdapter, attend, register_family
-from .hf_videomae import hf_checkpointing_handover
+from .hf_common import hf_checkpointing_handover
 
 
 def _divided(block: nn.Module) -> bool:

@@ -19,43 +19,23 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import UsageError
-from .core import FamilyAdapter, UnsupportedModelError, head_split, register_family
-from .hooks import hand_over_checkpointing, size_weighted_classifier_input
+from .core import UnsupportedModelError, head_split, qualified_names, register_family
+from .hf_common import TransformersAdapter, hf_checkpointing_handover
+from .hooks import size_weighted_classifier_input
 
 _MODEL = "transformers.models.videomae.modeling_videomae.VideoMAEModel"
 _PRETRAINING = "transformers.models.videomae.modeling_videomae.VideoMAEForPreTraining"
 
 
-def class_names(module: nn.Module) -> set[str]:
-    """Qualified names of the classes in ``type(module)``'s MRO."""
-    return {f"{k.__module__}.{k.__qualname__}" for k in type(module).__mro__}
-
-
-def refuse_masks(block: nn.Module, args: tuple, kwargs: dict, position: int = 1) -> None:
-    """A one-line UsageError when a block is called with an attention mask (it has the unmerged length)."""
-    mask = args[position] if len(args) > position else kwargs.get("attention_mask")
-    if mask is not None:
-        raise UsageError(f"{type(block).__name__}: merging cannot apply an attention mask (it has the unmerged "
-                         f"length); call the model without attention_mask, or with merging off")
-
-
-def hf_checkpointing_handover(encoder: nn.Module, runner: nn.Module, blocks: nn.ModuleList) -> list[RemovableHandle]:
-    """transformers' own per-layer checkpointing re-runs a whole layer (merge included) in the backward pass: while
-    the encoder merges, hand it over to the merging forward's own recomputation (``hooks.hand_over_checkpointing``)."""
-    return hand_over_checkpointing(runner, encoder, lambda: blocks,
-                                   lambda: [(block, "gradient_checkpointing") for block in blocks])
-
-
 @register_family
-class HFVideoMAE(FamilyAdapter):
+class HFVideoMAE(TransformersAdapter):
     name = "transformers VideoMAEModel / VideoMAEForVideoClassification"
     classes = (_MODEL,)
     pooling = ("...ForVideoClassification's fc_norm(mean of the tokens) becomes fc_norm(size-weighted mean), as our "
                "videomae_b16 with size_weighted_pool=True; with use_mean_pooling=False token 0 is protected")
 
     def encoders(self, model: nn.Module) -> list[nn.Module]:
-        if any(_PRETRAINING in class_names(m) for m in model.modules()):
+        if any(_PRETRAINING in qualified_names(m) for m in model.modules()):
             raise UnsupportedModelError(
                 f"{type(model).__module__}.{type(model).__qualname__}: VideoMAEForPreTraining cannot merge in place "
                 "(its decoder puts every visible token back at its masked position); merge VideoMAEModel or "
@@ -75,8 +55,6 @@ class HFVideoMAE(FamilyAdapter):
     def num_tokens(self, encoder: nn.Module) -> int | None:
         return int(encoder.embeddings.num_patches)
 
-    def attention_mode(self, encoder: nn.Module) -> str:
-        return "explicit" if encoder.config._attn_implementation == "eager" else "fused"
 
     # ---------------------------------------------------------------- one block
     def attn_input(self, block: nn.Module, x: Tensor) -> Tensor:
@@ -108,4 +86,4 @@ class HFVideoMAE(FamilyAdapter):
         return handles
 
 
-__all__ = ["HFVideoMAE", "class_names", "hf_checkpointing_handover", "refuse_masks"]
+__all__ = ["HFVideoMAE"]

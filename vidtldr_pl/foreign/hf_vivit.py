@@ -15,12 +15,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .core import FamilyAdapter, head_split, register_family
-from .hf_videomae import hf_checkpointing_handover, refuse_masks
+from .core import head_split, register_family
+from .hf_common import TransformersAdapter, hf_checkpointing_handover
 
 
 @register_family
-class HFVivit(FamilyAdapter):
+class HFVivit(TransformersAdapter):
     name = "transformers VivitModel / VivitForVideoClassification"
     classes = ("transformers.models.vivit.modeling_vivit.VivitModel",)
     pooling = "the CLS token (pooler and classifier): nothing averages tokens"
@@ -35,14 +35,8 @@ class HFVivit(FamilyAdapter):
     def num_tokens(self, encoder: nn.Module) -> int | None:
         return int(encoder.embeddings.patch_embeddings.num_patches) + 1
 
-    def attention_mode(self, encoder: nn.Module) -> str:
-        return "explicit" if encoder.config._attn_implementation == "eager" else "fused"
 
     # ---------------------------------------------------------------- one block
-    def hidden_states(self, block: nn.Module, args: tuple, kwargs: dict) -> Tensor:
-        refuse_masks(block, args, kwargs)
-        return super().hidden_states(block, args, kwargs)
-
     def attn_input(self, block: nn.Module, x: Tensor) -> Tensor:
         return block.layernorm_before(x)
 

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..merging.state import AttentionInfo, MergeState
-from .core import FamilyAdapter, attend, head_split, register_family
-from .hf_videomae import hf_checkpointing_handover, refuse_masks
+from .core import attend, head_split, register_family
+from .hf_common import TransformersAdapter, hf_checkpointing_handover
 
 
 def frame_tokens_only(info: AttentionInfo | None, n: int) -> AttentionInfo | None:
@@ -58,7 +58,7 @@ def unmerge_to_patches(tokens: Tensor, state: MergeState, frames: int) -> Tensor
 
 
 @register_family
-class HFXCLIPVision(FamilyAdapter):
+class HFXCLIPVision(TransformersAdapter):
     name = "transformers XCLIPVisionModel (alone or in XCLIPModel)"
     classes = ("transformers.models.x_clip.modeling_x_clip.XCLIPVisionModel",)
     pooling = ("pooler_output is the CLS; XCLIPModel's prompt features (patch tokens averaged over frames) are "
@@ -77,14 +77,8 @@ class HFXCLIPVision(FamilyAdapter):
     def num_tokens(self, encoder: nn.Module) -> int | None:
         return int(encoder.embeddings.num_patches) + 1
 
-    def attention_mode(self, encoder: nn.Module) -> str:
-        return "explicit" if encoder.config._attn_implementation == "eager" else "fused"
 
     # ---------------------------------------------------------------- one block
-    def hidden_states(self, block: nn.Module, args: tuple, kwargs: dict) -> Tensor:
-        refuse_masks(block, args, kwargs)
-        return super().hidden_states(block, args, kwargs)
-
     def qkv(self, block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
         attn = block.self_attn
         q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
