@@ -83,14 +83,17 @@ def merge_wavg(plan: MergePlan, x: Tensor, size: Tensor | None) -> tuple[Tensor,
 
     Returns (x', size'), with x'_d = (s_d x_d + sum_i w_i s_i x_i) / (s_d + sum_i w_i s_i). Sizes are float32.
     The per-sample max size cancels mathematically; it is kept because the official code rounds that way.
+    The weighting, the sums and the division run in float32 whatever x's dtype (bf16 / fp16 under mixed precision:
+    one rounding, at the end); for float32 x this is the official arithmetic, bit for bit.
     """
     if size is None:
         size = torch.ones_like(x[..., :1], dtype=torch.float32)
+    dtype = x.dtype
     smax = size.amax(dim=-2, keepdim=True)
-    x = merge_tokens(plan, x * (size / smax).to(x.dtype), mode="sum")
+    x = merge_tokens(plan, x.float() * (size / smax).float(), mode="sum")
     size = merge_tokens(plan, size, mode="sum")
-    x = x / (size / smax).to(x.dtype)
-    return x, size
+    x = x / (size / smax).float()
+    return x.to(dtype), size
 
 
 def even_gather(values: Tensor, idx: Tensor) -> Tensor:

@@ -49,8 +49,8 @@ def attention(
     if mode == "explicit":
         logits = (q * scale) @ k.transpose(-2, -1)
         probs = logits.softmax(dim=-1).detach() if need_probs else None
-        attn = (logits + bias if bias is not None else logits).softmax(dim=-1)
-        return attn @ v, probs
+        attn = (logits + bias if bias is not None else logits).softmax(dim=-1)  # a float32 bias: float32 softmax
+        return attn.to(v.dtype) @ v, probs
     if mode == "fused":
         mask = bias.to(q.dtype) if bias is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None
