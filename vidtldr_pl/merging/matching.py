@@ -27,30 +27,60 @@ class MergePlan:
     src_weight: Tensor | None = None
 
 
+#: the most similarity scores one matching step holds at once (B x rows x N/2, float32: 16 MiB); larger inputs are
+#: matched in row chunks (``bipartite_soft_matching``'s ``max_scores``)
+MAX_SCORES = 2**22
+
+
+def best_matches(a: Tensor, b: Tensor, protected: int = 0, affine_scores: bool = False,
+                 max_scores: int | None = MAX_SCORES) -> tuple[Tensor, Tensor]:
+    """For every row of a (B, Na, C) its best match in b (B, Nb, C) by cosine: (score (B, Na), index (B, Na)).
+
+    The (B, Na, Nb) similarity matrix is never held whole when it has more than ``max_scores`` entries: rows go in
+    chunks, each reduced to its row maximum (None: one chunk). Each row's scores are computed and reduced exactly as
+    in one piece (the same dot products, the same first index on ties); a's rows are L2-normalised chunk by chunk,
+    so no normalised copy of the whole input is held either. The first ``(protected + 1) // 2`` rows and
+    ``protected // 2`` columns (the prefix tokens of the interleaved a / b split) score -inf.
+    """
+    batch, rows, cols = a.shape[0], a.shape[-2], b.shape[-2]
+    step = rows if max_scores is None else max(1, min(rows, max_scores // max(1, batch * cols)))
+    bt = (b / b.norm(dim=-1, keepdim=True)).transpose(-1, -2)
+    best, index = [], []
+    for start in range(0, rows, step):
+        rows_a = a[..., start:start + step, :]
+        scores = (rows_a / rows_a.norm(dim=-1, keepdim=True)) @ bt
+        if affine_scores:
+            scores = (scores + 1) / 2
+        if protected > 0:
+            scores[..., : max(0, (protected + 1) // 2 - start), :] = -math.inf
+            scores[..., :, : protected // 2] = -math.inf
+        chunk_max, chunk_idx = scores.max(dim=-1)
+        best.append(chunk_max)
+        index.append(chunk_idx)
+    if len(best) == 1:
+        return best[0], index[0]
+    return torch.cat(best, dim=-1), torch.cat(index, dim=-1)
+
+
 def bipartite_soft_matching(
     metric: Tensor,
     r: int,
     protected: int = 0,
     sort_unmerged: bool = True,
     affine_scores: bool = False,
+    max_scores: int | None = MAX_SCORES,
 ) -> MergePlan:
     """Match each even token to its most similar odd token and pick the r best pairs.
 
     metric: (B, N, C) features to compare (L2-normalised here). protected: the first ``protected`` tokens never
     merge away nor receive merges (e.g. a CLS token). sort_unmerged: keep kept tokens in positional order
     (vid-TLDR; ToMe does so only with a CLS token). affine_scores: compare (cos + 1) / 2 as the official
-    vid-TLDR does (changes only float rounding of the ranking).
+    vid-TLDR does (changes only float rounding of the ranking). max_scores: the most similarity entries held at
+    once (``best_matches``: row chunks above it, the same plan).
     """
     with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
         a, b = metric[..., ::2, :], metric[..., 1::2, :]
-        scores = a @ b.transpose(-1, -2)
-        if affine_scores:
-            scores = (scores + 1) / 2
-        if protected > 0:
-            scores[..., : (protected + 1) // 2, :] = -math.inf
-            scores[..., :, : protected // 2] = -math.inf
-        node_max, node_idx = scores.max(dim=-1)
+        node_max, node_idx = best_matches(a, b, protected, affine_scores, max_scores)  # L2-normalised there
         edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
         unm_idx = edge_idx[..., r:, :]
         src_idx = edge_idx[..., :r, :]
