@@ -19,7 +19,6 @@ a model none of the families covers gets the one-line refusal there.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backbones.contrastive import LogitScaleHead
 from ..backbones.interfaces import DualEncoder, VideoClassifier, ZeroShotClassifier
 from ..errors import UsageError
 from .core import adapt
@@ -115,7 +115,7 @@ class _PromptClassifier(nn.Module):
         return [template.format(n.replace("_", " ")) for n in names]
 
 
-class CLIPDualEncoder(_PromptClassifier):
+class CLIPDualEncoder(LogitScaleHead, _PromptClassifier):
     """A CLIP-like image-text model as a video ``DualEncoder`` and ``ZeroShotClassifier`` (ViFi-CLIP's way): every
     frame's projected image embedding, their temporal mean; text embeddings from the model's text tower.
 
@@ -154,25 +154,10 @@ class CLIPDualEncoder(_PromptClassifier):
         frames = self.frame_features(video.transpose(1, 2))
         return frames, frames.mean(dim=1)
 
-    def vision_embed(self, pooled: Tensor) -> Tensor:
-        """(B, E) -> L2-normalised (B, E)."""
-        return F.normalize(pooled, dim=-1)
-
     # ---------------------------------------------------------------- text
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) ids and mask -> projected text embeddings (B, E)."""
         return self.text_features(input_ids, attention_mask)
-
-    def text_embed(self, text_hidden: Tensor) -> Tensor:
-        """``encode_text``'s (B, E) -> L2-normalised (B, E)."""
-        return F.normalize(text_hidden, dim=-1)
-
-    def temperature(self, clamp: bool = False) -> Tensor:
-        """1 / exp(logit_scale); clamp: first ``logit_scale`` into [0, log(100)] in place (CLIP's recipe)."""
-        if clamp:
-            with torch.no_grad():
-                self.logit_scale.clamp_(0.0, math.log(100.0))
-        return self.logit_scale.exp().reciprocal()
 
     # ---------------------------------------------------------------- zero-shot
     @torch.no_grad()

@@ -128,8 +128,7 @@ def umt_l16(**overrides: Any) -> UMT:
                 description="a tiny UMT with the same classes, for tests")
 def umt_tiny(**overrides: Any) -> UMT:
     vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, **overrides})
-    text = TextEncoderConfig(vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
-                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    text = TextEncoderConfig.tiny(encoder_width=vision.embed_dim)
     return UMT(UMTConfig(vision, text, embed_dim=32))
 
 

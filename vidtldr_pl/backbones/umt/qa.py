@@ -297,8 +297,7 @@ def umt_qa_l16(**overrides: Any) -> UMTQA:
 def umt_qa_tiny(**overrides: Any) -> UMTQA:
     """Same classes, tiny sizes (tests): 4 vision blocks x 64, 4 text layers (fusion from 2), 2 decoder layers."""
     vision = VisionConfig(**{"embed_dim": 64, "depth": 4, "num_heads": 4, **overrides})
-    text = TextEncoderConfig(vocab_size=128, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
-                             fusion_layer=2, encoder_width=vision.embed_dim, max_position_embeddings=64)
+    text = TextEncoderConfig.tiny(encoder_width=vision.embed_dim)
     return UMTQA(UMTQAConfig(vision, text))
 
 

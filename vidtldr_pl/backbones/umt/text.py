@@ -91,6 +91,12 @@ class TextEncoderConfig:
         return replace(cls(encoder_width=encoder_width), **overrides)
 
     @classmethod
+    def tiny(cls, encoder_width: int = 64, **overrides: Any) -> "TextEncoderConfig":
+        """4 layers x 64 (fusion from 2), a 128-word vocabulary: the tests' tiny presets."""
+        return cls(**{"vocab_size": 128, "hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128,
+                      "fusion_layer": 2, "encoder_width": encoder_width, "max_position_embeddings": 64, **overrides})
+
+    @classmethod
     def bert_large(cls, encoder_width: int = 1024, **overrides: Any) -> "TextEncoderConfig":
         """BERT-large (UMT-L/16): 1024 wide, 24 layers, 16 heads, fusion layers 19-23."""
         base = cls(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,

@@ -23,7 +23,6 @@ Inputs are normalised with the ImageNet mean / std (ViFi-CLIP's, inherited from 
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError
 from ...merging import MergeState
+from ..contrastive import LogitScaleHead
 from ..checkpoint import LoadReport, load_state_into, read_state_dict, strip_prefix
 from ..framewise import FrameViTEncoder, per_video
 from ..interfaces import DualEncoder, ZeroShotClassifier
@@ -124,7 +124,7 @@ def _vision(**kw: Any) -> ViTConfig:
     return ViTConfig(**{**base, **kw})
 
 
-class ViFiCLIP(nn.Module):
+class ViFiCLIP(LogitScaleHead):
     """Dual encoder. ``encode_video``: (B, 3, T, H, W) ImageNet-normalised -> (B, E) unit vectors;
     ``encode_text``: ids (K, L) -> (K, E) unit vectors; ``forward(video)`` -> (B, K) logits against the class
     prompts set with ``set_class_names`` (encoded once, kept as a buffer)."""
@@ -198,21 +198,6 @@ class ViFiCLIP(nn.Module):
         temporal mean (B, E)); no ``itm_logits``: RetrievalTask ranks by ITC alone."""
         frames = self.frame_features(video.permute(0, 2, 1, 3, 4))
         return frames, frames.mean(dim=1)
-
-    def vision_embed(self, pooled: Tensor) -> Tensor:
-        """(B, E) -> L2-normalised (B, E)."""
-        return F.normalize(pooled, dim=-1)
-
-    def text_embed(self, text_hidden: Tensor) -> Tensor:
-        """``encode_text``'s (B, E) -> L2-normalised (B, E)."""
-        return F.normalize(text_hidden, dim=-1)
-
-    def temperature(self, clamp: bool = False) -> Tensor:
-        """1 / exp(logit_scale) (0-d); clamp: first ``logit_scale`` into [0, log(100)] in place (CLIP's recipe)."""
-        if clamp:
-            with torch.no_grad():
-                self.logit_scale.clamp_(0.0, math.log(100.0))
-        return self.logit_scale.exp().reciprocal()
 
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> logits (B, K) = exp(logit_scale) x cosine with the class prompts."""
