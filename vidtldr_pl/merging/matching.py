@@ -33,15 +33,18 @@ MAX_SCORES = 2**22
 
 
 def best_matches(a: Tensor, b: Tensor, protected: int = 0, affine_scores: bool = False,
-                 max_scores: int | None = MAX_SCORES) -> tuple[Tensor, Tensor]:
+                 max_scores: int | None | str = "auto") -> tuple[Tensor, Tensor]:
     """For every row of a (B, Na, C) its best match in b (B, Nb, C) by cosine: (score (B, Na), index (B, Na)).
 
     The (B, Na, Nb) similarity matrix is never held whole when it has more than ``max_scores`` entries: rows go in
     chunks, each reduced to its row maximum (None: one chunk). Each row's scores are computed and reduced exactly as
     in one piece (the same dot products, the same first index on ties); a's rows are L2-normalised chunk by chunk,
     so no normalised copy of the whole input is held either. The first ``(protected + 1) // 2`` rows and
-    ``protected // 2`` columns (the prefix tokens of the interleaved a / b split) score -inf.
+    ``protected // 2`` columns (the prefix tokens of the interleaved a / b split) score -inf. max_scores "auto":
+    the module's ``MAX_SCORES`` when called (None there, too, holds the matrix whole).
     """
+    if max_scores == "auto":
+        max_scores = MAX_SCORES
     batch, rows, cols = a.shape[0], a.shape[-2], b.shape[-2]
     step = rows if max_scores is None else max(1, min(rows, max_scores // max(1, batch * cols)))
     bt = (b / b.norm(dim=-1, keepdim=True)).transpose(-1, -2)
@@ -68,7 +71,7 @@ def bipartite_soft_matching(
     protected: int = 0,
     sort_unmerged: bool = True,
     affine_scores: bool = False,
-    max_scores: int | None = MAX_SCORES,
+    max_scores: int | None | str = "auto",
 ) -> MergePlan:
     """Match each even token to its most similar odd token and pick the r best pairs.
 
