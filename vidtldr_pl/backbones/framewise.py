@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..merging import MergeState
+from ..merging import MergeState, TokenGrid
 from .layers import ViTConfig, ViTEncoder
 
 
@@ -37,6 +37,10 @@ class FrameViTEncoder(ViTEncoder):
             raise ValueError(f"expected video (B, 3, T, H, W), got {tuple(video.shape)}")
         b, c, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, c, 1, h, w)
+        state = state if state is not None else self.new_merge_state()
+        if state.grid is None:
+            state.grid = TokenGrid(frames=t, per_frame=self.cfg.patches_per_frame, prefix=self.num_prefix_tokens,
+                                   framewise=True)
         return super().forward(frames, state)
 
 

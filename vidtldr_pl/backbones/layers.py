@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState
+from ..merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState, TokenGrid
 from ..merging.block import merging_block_forward
 from ..ops import ATTENTION_MODES, attention
 from .interfaces import VideoEncoder
@@ -288,10 +288,17 @@ class ViTEncoder(MergeableEncoder):
             x = x + self.pos_embed.to(x.dtype)
         return self.norm_pre(x)
 
+    def token_grid(self, video: Tensor) -> TokenGrid:
+        """The TokenGrid of the tokens ``embed(video)`` gives: T = frames / tubelet, S = patches per frame."""
+        return TokenGrid(frames=video.shape[2] // self.cfg.tubelet_size, per_frame=self.cfg.patches_per_frame,
+                         prefix=self.num_prefix_tokens)
+
     def forward(self, video: Tensor, state: MergeState | None = None) -> Tensor:
         """video: (B, 3, T, H, W) -> tokens (B, N', D) after the final norm."""
         state = state if state is not None else self.new_merge_state()
         x = self.embed(video)
+        if state.grid is None:
+            state.grid = self.token_grid(video)
         for block in self.blocks:
             x = block(x, state)
         return self.norm(x)

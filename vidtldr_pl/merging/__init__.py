@@ -17,11 +17,11 @@ from .saliency import (
 from .shift import representation_shift
 from .schedule import ScheduleError, build_schedule, effective_r, token_counts
 from .setting import MergeOverride, MergeSetting, apply_merge, set_attention
-from .state import AttentionInfo, MergeState
+from .state import AttentionInfo, MergeState, TokenGrid
 
 __all__ = [
     "METHODS", "POSITIONS", "SALIENCY_BACKENDS", "AttentionInfo", "DropPlan", "LayerMerge", "MergeMethod", "MergePlan",
-    "MergeOverride", "MergeSettings", "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge",
+    "MergeOverride", "MergeSettings", "TokenGrid", "MergeSetting", "MergeState", "MergeableEncoder", "apply_merge",
     "set_attention",
     "RandomDrop", "RandomMerge", "RepShiftDrop", "SaliencyDrop", "ScheduleError", "ToMe", "VidTLDR",
     "VidTLDRRepShift", "bipartite_soft_matching", "build_method", "build_schedule", "drop_lowest", "effective_r",

@@ -16,7 +16,7 @@ from .matching import (
 )
 from .saliency import check_saliency_backend, raw_saliency, sharpen, vidtldr_saliency
 from .schedule import RValue, effective_r
-from .state import AttentionInfo, MergeState
+from .state import AttentionInfo, MergeState, TokenGrid
 
 POSITIONS = ("attn", "mlp")
 
@@ -59,6 +59,7 @@ class MergeMethod(ABC):
             return x
         state.init_source(x)
         plan = self.plan(x, attn, r_eff, state)
+        state.grid = self.grid_after(state.grid, r_eff)
         if isinstance(plan, DropPlan):
             x = keep_tokens(plan, x)
             if state.size is not None:
@@ -73,6 +74,11 @@ class MergeMethod(ABC):
         if state.source is not None:
             state.source = merge_tokens(plan, state.source, mode="amax")
         return x
+
+    def grid_after(self, grid: TokenGrid | None, r: int) -> TokenGrid | None:
+        """The TokenGrid after this method removed r tokens: None (the grid is lost) unless the method merges
+        the same count in every frame and says so by overriding this."""
+        return None
 
     def shift_of(self, state: MergeState | None) -> Tensor:
         """state.shift (B, N, 1), or a ValueError saying how to get it recorded."""

@@ -21,6 +21,25 @@ class AttentionInfo:
     k: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class TokenGrid:
+    """How the current tokens tile a video, for methods that merge within a frame or across frames.
+
+    frames: temporal positions T (tubelets); per_frame: tokens of each frame after the prefix (S); prefix:
+    leading tokens (CLS) ahead of the grid; framewise: the batch rows are frames (an image encoder run per frame:
+    rows (B x T, prefix + S), frame-major) instead of videos (rows (B, prefix + T x S), frame-major).
+    """
+
+    frames: int
+    per_frame: int
+    prefix: int = 0
+    framewise: bool = False
+
+    def tokens(self) -> int:
+        """Tokens per batch row: prefix + S (framewise) or prefix + T x S."""
+        return self.prefix + self.per_frame * (1 if self.framewise else self.frames)
+
+
 @dataclass
 class MergeState:
     """Token sizes and sources of one forward pass.
@@ -31,6 +50,8 @@ class MergeState:
     record_shift: the blocks record ``shift`` (set when the method asks for it; no cost otherwise).
     shift: (B, N, 1) float32 representation shift of the current tokens: the L2 distance the last MLP sublayer
         moved each token (``representation_shift``); None before the first MLP and right after a merge.
+    grid: the TokenGrid of the current tokens, set by the encoder before the first block; a method that keeps
+        the grid (the same count merged in every frame) updates it, one that does not sets it to None.
     """
 
     trace_source: bool = False
@@ -40,6 +61,7 @@ class MergeState:
     tokens_per_layer: list[int] = field(default_factory=list)
     record_shift: bool = False
     shift: Tensor | None = None
+    grid: TokenGrid | None = None
 
     def attention_bias(self) -> Tensor | None:
         """log(size) as a per-key additive bias (B, 1, 1, N), or None when no merge happened yet."""
