@@ -52,6 +52,9 @@ class MergeState:
         moved each token (``representation_shift``); None before the first MLP and right after a merge.
     grid: the TokenGrid of the current tokens, set by the encoder before the first block; a method that keeps
         the grid (the same count merged in every frame) updates it, one that does not sets it to None.
+    count: (B,) int64 real tokens per row when rows hold different numbers of tokens (content-adaptive
+        budgets); row b's tokens count[b]: are padding (size 0), always at the end of the row. None: every token
+        of every row is real.
     """
 
     trace_source: bool = False
@@ -62,12 +65,25 @@ class MergeState:
     record_shift: bool = False
     shift: Tensor | None = None
     grid: TokenGrid | None = None
+    count: Tensor | None = None
 
     def attention_bias(self) -> Tensor | None:
-        """log(size) as a per-key additive bias (B, 1, 1, N), or None when no merge happened yet."""
+        """log(size) as a per-key additive bias (B, 1, 1, N), or None when no merge happened yet; padding keys
+        (``count``) get -inf whether or not the attention is proportional."""
+        pad = self.padding_mask()
         if self.size is None or not self.proportional_attention:
+            if pad is None:
+                return None
+            return torch.zeros(pad.shape, device=pad.device).masked_fill(pad, float("-inf"))[:, None, None, :]
+        bias = self.size.log()[:, None, None, :, 0]
+        return bias if pad is None else bias.masked_fill(pad[:, None, None, :], float("-inf"))
+
+    def padding_mask(self) -> Tensor | None:
+        """(B, N) True at padding tokens (position >= count[b]), or None without ``count``; N from size."""
+        if self.count is None:
             return None
-        return self.size.log()[:, None, None, :, 0]
+        n = self.size.shape[1] if self.size is not None else int(self.count.max())
+        return torch.arange(n, device=self.count.device)[None, :] >= self.count[:, None]
 
     def init_source(self, x: Tensor) -> None:
         """Start source tracing at the current tokens: identity (B, N, N) in float32."""
