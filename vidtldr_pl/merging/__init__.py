@@ -3,7 +3,7 @@ Representation-Shift dropping, schedules, and a one-call ``patch`` for backbones
 from .matching import DropPlan, MergePlan, bipartite_soft_matching, drop_lowest, keep_tokens, merge_tokens, merge_wavg
 from .methods import (
     METHODS, POSITIONS, MergeMethod, RandomDrop, RandomMerge, RepShiftDrop, SaliencyDrop, ToMe, VidTLDR,
-    VidTLDRRepShift, build_method,
+    VidTLDRRepShift, build_method, register_method,
 )
 from .patch import LayerMerge, MergeableEncoder, MergeSettings, find_mergeable, patch, unpatch
 from .saliency import (
@@ -25,7 +25,7 @@ __all__ = [
     "set_attention",
     "RandomDrop", "RandomMerge", "RepShiftDrop", "SaliencyDrop", "ScheduleError", "ToMe", "VidTLDR",
     "VidTLDRRepShift", "bipartite_soft_matching", "build_method", "build_schedule", "drop_lowest", "effective_r",
-    "find_mergeable", "keep_tokens", "merge_tokens", "merge_wavg", "negative_entropy_from_probs",
+    "find_mergeable", "keep_tokens", "register_method", "merge_tokens", "merge_wavg", "negative_entropy_from_probs",
     "negative_entropy_from_qk", "patch", "raw_saliency", "representation_shift", "sharpen", "token_counts",
     "unpatch", "vidtldr_saliency",
 ]

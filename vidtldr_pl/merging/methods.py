@@ -336,6 +336,16 @@ METHODS: dict[str, type[MergeMethod]] = {
 }
 
 
+def register_method(cls: type[MergeMethod]) -> type[MergeMethod]:
+    """Class decorator: put a MergeMethod subclass into METHODS under its ``name`` (a duplicate name is an error)."""
+    if not (isinstance(cls, type) and issubclass(cls, MergeMethod)):
+        raise TypeError(f"register_method takes a MergeMethod subclass, got {cls!r}")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"a merge method named {cls.name!r} is already registered ({METHODS[cls.name].__name__})")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def _key(name: str) -> str:
     return str(name).lower().replace("-", "").replace("_", "")
 
