@@ -14,6 +14,8 @@ fits in ``--budget``):
   ``evaluate.py`` on the exported weights;
 * (d) a UMT-B retrieval training step (VTC + VTM, AdamW) with and without merging: videos/s and peak memory;
 * (e) ``torch.compile`` of the encoder with and without vid-TLDR: compile time, speed against eager, graphs.
+* (f) wall clock (``benchmarks/wall_clock.py``): videos/s per method over batch 1 / 2 / 8 / 32, bf16 / fp32,
+  fused / explicit attention, the merge step's own ms and share, speed-up over no merging.
 
 The verdicts against the targets of "Fast merging" (UMT-B/16, 12 frames, bf16, batch 32, fused path: vid-TLDR
 >= 1.6x no merging and >= 6x explicit vid-TLDR, peak <= 3.5 GiB, merge step <= 10 % of the encoder time; batch 1:
@@ -61,6 +63,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import encoder_throughput as et  # noqa: E402  (benchmarks/ is not a package)
+import padding_packing as pp  # noqa: E402
+import wall_clock as wc  # noqa: E402
 
 from vidtldr_pl.merging import METHODS  # noqa: E402
 
@@ -72,7 +76,7 @@ DEMO_R = [72, 36, 18]  # configs/demo_umt.yaml's vid-TLDR schedule (288 tokens)
 # entry once vidtldr_pl.merging.METHODS has it; vidtldr_repshift is vid-TLDR with the Representation-Shift saliency.
 FAST_METHODS = ["tome", "vidtldr", "vidtldr_repshift"]
 PARTS = {"a": "encoder throughput", "b": "saliency kernels", "c": "DeepSpeed fits", "d": "training step",
-         "e": "torch.compile"}
+         "e": "torch.compile", "f": "wall clock", "g": "padding / packing"}
 VERSION_PACKAGES = ("lightning", "triton", "deepspeed", "jsonargparse", "datasets", "av", "tokenizers", "timm",
                     "transformers")
 
@@ -111,7 +115,7 @@ class SuiteConfig:
     ds_batch: int = 16
     # seconds: (share of the budget a part may take, least time it needs to start)
     part_seconds: dict[str, tuple[float, float]] = field(default_factory=lambda: {
-        "a": (170, 60), "b": (40, 15), "c": (180, 60), "d": (30, 15), "e": (90, 40)})
+        "a": (170, 60), "b": (40, 15), "c": (180, 60), "d": (30, 15), "e": (90, 40), "f": (120, 30), "g": (60, 20)})
 
     @property
     def target(self) -> tuple[int, int, str]:
@@ -733,8 +737,44 @@ def part_compile(ctx: Context) -> dict:
     return {"rows": rows, "lines": lines}
 
 
+# ----------------------------------------------------------------------------------------------- (f) wall clock
+
+
+def part_wall_clock(ctx: Context) -> dict:
+    """``benchmarks/wall_clock.py``'s cells on the target model and schedule: videos/s of none / ToMe / vid-TLDR /
+    vid-TLDR RepShift / random drop over batch 1, 2, 8, 32 (dry run: 1, 2), each dtype, fused and explicit
+    attention; the merge step's own ms per batch and share; speed-up over no merging."""
+    cfg = ctx.cfg
+    wcfg = wc.WallClockConfig(model=cfg.model, frames=cfg.frames[0], schedules=cfg.r, dtypes=cfg.dtypes,
+                              batches=(1, 2) if ctx.dry_run else (1, 2, 8, 32), iters=cfg.iters, warmup=cfg.warmup,
+                              profile_iters=cfg.profile_iters, seed=ctx.seed)
+    report = wc.run(wcfg, ctx.device, deadline=ctx.deadline, log=lambda _: None)
+    lines = [line("f", f"{cfg.model} {wcfg.frames}f b{r.batch} {r.dtype}",
+                  f"{r.attention} / {et.METHOD_LABELS.get(r.method, r.method)}", r.videos_per_s, r.ms_per_batch, None,
+                  None if r.merge_share is None else 100 * r.merge_share, wc._num(r.vs_none, ".2f", "x"),
+                  r.note or wc._num(r.merge_ms_per_batch, ".2f", " merge ms/batch")) for r in report.rows]
+    return {"status": "ok" if all(r.status == "ok" for r in report.rows) else "partial", "lines": lines,
+            "rows": [dataclasses.asdict(r) for r in report.rows], "note": wc.caption(report)}
+
+
+def part_padding_packing(ctx: Context) -> dict:
+    """``benchmarks/padding_packing.py``'s rows on the target model (8 frames, batch 8; dry run: its quick size):
+    no merging, fixed r, threshold mode padded / packed / packed with a dense block mask, each dtype."""
+    cfg, lines, reports = ctx.cfg, [], []
+    for dtype in cfg.dtypes:
+        pcfg = pp.PPConfig(model=cfg.model, frames=8 if not ctx.dry_run else cfg.frames[0], batch=8 if not ctx.dry_run
+                           else 2, r=cfg.r, dtype=dtype, iters=cfg.iters, warmup=cfg.warmup, seed=ctx.seed)
+        report = pp.run(pcfg, ctx.device, deadline=ctx.deadline, log=lambda _: None)
+        reports.append(report)
+        lines += [line("g", f"{cfg.model} {pcfg.frames}f b{pcfg.batch} {dtype}", r["label"], r["videos_per_s"],
+                       r["ms_per_batch"], result=r["note"] or f"tokens {r['tokens_out']}") for r in report["rows"]]
+    ok = all(not r["note"] for rep in reports for r in rep["rows"])
+    return {"status": "ok" if ok else "partial", "lines": lines, "reports": reports}
+
+
 PART_FUNCTIONS: dict[str, Callable[[Context], dict]] = {
-    "a": part_encoder, "b": part_saliency, "c": part_deepspeed, "d": part_training, "e": part_compile}
+    "a": part_encoder, "b": part_saliency, "c": part_deepspeed, "d": part_training, "e": part_compile,
+    "f": part_wall_clock, "g": part_padding_packing}
 
 
 # ----------------------------------------------------------------------------------------------- targets
@@ -853,7 +893,9 @@ def section_body(report: dict) -> str:
          "also over explicit vid-TLDR); peak GiB = max_memory_allocated incl. weights and input. "
          "(b): raw saliency relative errors, kernel vs chunked / vs float64. "
          "(c): ms = wall time of the command. (d): ratio = videos/s over the step without merging. "
-         "(e): compile = the first call. Targets: \"Fast merging\" (issue 6), fused path."),
+         "(e): compile = the first call. (f): `benchmarks/wall_clock.py`, ratio = videos/s over no merging at the "
+         "same dtype / attention / batch, merge % = the merge slots' share of a timed eager pass. "
+         "Targets: \"Fast merging\" (issue 6), fused path."),
         "",
         *markdown_table(report),
     ]

@@ -15,6 +15,7 @@ from vidtldr_pl.backbones.interfaces import (INTERFACES, DualEncoder, FusionMode
                                              VideoQAModel, ZeroShotClassifier)
 from vidtldr_pl.flops import encoder_flops
 from vidtldr_pl.merging import METHODS, MergeSetting, apply_merge, find_mergeable, token_counts, unpatch
+from vidtldr_pl.merging.input_reduction import is_input_method
 
 SMALL = {"img_size": 32, "depth": 3}
 # parameter names that hold prepended tokens (timm / CLIP conventions): an encoder having them must declare them
@@ -114,7 +115,10 @@ def check_prefix_protected(model: nn.Module) -> None:
         apply_merge(model, _setting(enc, method=method, trace_source=True))
         with torch.no_grad():
             _, state = _run(enc, video)
-        expected = token_counts(list(enc.merge_settings.schedule), enc.num_tokens, prefix)
+        n = enc.num_tokens
+        if is_input_method(enc.merge_settings.method):  # RLT, frame_stride, resize: the tokens they leave
+            n = enc.merge_settings.method.tokens_entering(enc, video)
+        expected = token_counts(list(enc.merge_settings.schedule), n, prefix)
         assert state.tokens_per_layer == expected, (method, state.tokens_per_layer, expected)
         for p in range(prefix):
             src = state.source[:, p]

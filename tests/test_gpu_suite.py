@@ -48,8 +48,9 @@ def _section(text: str, heading: str) -> str:
 def test_dry_run_parts(suite, dry):
     report, _, _ = dry
     parts = report["parts"]
-    assert report["dry_run"] and set(parts) == set("abcde")
-    assert {k: p["status"] for k, p in parts.items()} == {"a": "ok", "b": "ok", "c": "skipped", "d": "ok", "e": "ok"}
+    assert report["dry_run"] and set(parts) == set("abcdefg")
+    assert {k: p["status"] for k, p in parts.items()} == {"a": "ok", "b": "ok", "c": "skipped", "d": "ok", "e": "ok",
+                                                          "f": "ok", "g": "ok"}
     assert all(p["seconds"] >= 0 for p in parts.values())
 
     # (a): every cell x row measured, merging lowers FLOPs and tokens, ratios are the measured ones
@@ -100,6 +101,12 @@ def test_dry_run_parts(suite, dry):
     e = {r["key"]: r for r in parts["e"]["rows"]}
     assert set(e) == {"fast-none", "fast-vidtldr"}
     assert all(r["graphs"] == 1 and r["max_abs_diff"] <= 1e-5 and r["compile_s"] > 0 for r in e.values())
+
+    # (f): wall clock, every method x batch 1 / 2 x dtype x attention; merge share for merging methods only
+    f = parts["f"]["rows"]
+    assert len(f) == 5 * 2 * 2 * 2 and all(r["status"] == "ok" and r["videos_per_s"] > 0 for r in f)
+    assert all((r["merge_share"] is None) == (r["method"] == "none") for r in f)
+    assert all(0 < r["merge_share"] < 1 and r["vs_none"] > 0 for r in f if r["method"] != "none")
 
 
 def test_dry_run_targets_follow_the_rows(suite, dry):

@@ -78,7 +78,11 @@ def test_what_each_method_asks_of_the_block():
     asks = {name: (build_method(name).needs_attention, build_method(name).needs_shift) for name in METHODS}
     assert asks == {"tome": (True, False), "vidtldr": (True, False), "random": (False, False),
                     "vidtldr_repshift": (False, True), "random_drop": (False, False),
-                    "saliency_drop": (True, False), "repshift_drop": (False, True)}
+                    "saliency_drop": (True, False), "repshift_drop": (False, True),
+                    "frame_stride": (False, False), "resize": (False, False), "rlt": (False, False),
+                    "topk": (True, False), "evit": (True, False), "sta": (True, False),
+                    "stim_temporal": (True, False), "tome_video": (True, False), "pitome": (True, False),
+                    "threshold": (True, False)}
     assert build_method("repshift_drop").position == "mlp" and build_method("vidtldr_repshift").position == "attn"
 
 

@@ -282,18 +282,20 @@ def merge_settings_of(cli: VidTLDRCLI, stage: str) -> list[tuple[str, MergeSetti
 
 
 def _evaluate(cli: VidTLDRCLI, progress: EvaluationProgress) -> None:
-    from vidtldr_pl.compare import evaluate_runs, print_results, write_results
+    from vidtldr_pl.compare import LoyaltyReference, evaluate_runs, print_results, write_results
 
     cfg = cli.config
     split = {"val": "validate", "valid": "validate"}.get(cfg.split, cfg.split)
-    runs = list(cli.config_init.compare or []) or [None]
+    loyalty = LoyaltyReference() if cli.config_init.compare else None  # compare rows: each one's loyalty to unmerged
+    runs = loyalty.plan(cli.config_init.compare, cli.model) if loyalty else [None]
     progress.total = len(runs)
     # every process reads the path (trainer.log_dir is a collective); rank 0 creates it exclusively
     path = Path(cfg.results) if cfg.results else default_results_path(cli.trainer)
     rows: list[dict[str, Any]] = []
     for i, run in enumerate(runs):
         progress.current = f"evaluation {i + 1} of {len(runs)}" + (f" ({run.label})" if run is not None else "")
-        rows += evaluate_runs(cli.trainer, cli.model, cli.datamodule, [run] if run is not None else None, split)
+        rows += evaluate_runs(cli.trainer, cli.model, cli.datamodule, [run] if run is not None else None, split,
+                              loyalty)
         if cli.trainer.is_global_zero:
             progress.path = write_results(rows, path, _plain(cfg))  # after every row: a stopped run keeps them
         progress.done = len(rows)

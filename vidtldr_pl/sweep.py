@@ -7,6 +7,11 @@ count, timings), ``sweep.md`` (a table) and ``pareto.png`` / ``pareto.svg`` (met
 measured throughput beside). Schedules: ``--schedules`` (explicit lists or families, see
 ``vidtldr_pl.explore.families``) and / or ``--budgets-gflops 1.2,1.4 --family front`` (each method's family
 amplitude fitted to each budget). Any other option goes to the config (``--data.init_args.num_test=100``).
+
+Loyalty (``vidtldr_pl.metrics.loyalty``): every row also reports its agreement with the unmerged ("none") row of the
+same sweep (added first when ``--methods`` lacks it), under ``loyalty/...`` keys in ``sweep.json``, one column in
+``sweep.md`` and the table, and as the plot's second panel (``--loyalty-metric``; ``--metric loyalty/<name>`` puts it
+first, the accuracy second). ``--no-loyalty`` turns it off.
 """
 from __future__ import annotations
 
@@ -33,17 +38,47 @@ METRICS = (("itm/img_r1", "t2v R@1"), ("top1", "top-1"), ("acc", "accuracy"), ("
 
 def metric_of(row: dict[str, Any], wanted: str | None = None) -> tuple[str, str]:
     """(key, label) of the quality metric of a results row: ``wanted`` or the first known one present."""
+    from .metrics.loyalty import LABELS
+
     if wanted:
         if wanted not in row:
             raise ValueError(f"--metric {wanted!r} is not in the results (have {sorted(k for k in row if '/' in k or k.startswith('top'))})")
-        return wanted, dict(METRICS).get(wanted, wanted)
+        return wanted, {**dict(METRICS), **LABELS}.get(wanted, wanted)
     for key, label in METRICS:
         if isinstance(row.get(key), (int, float)):
             return key, label
     raise ValueError(f"no known metric in the results row: {sorted(row)}")
 
 
+def second_metric_of(rows: list[dict[str, Any]], metric: str, wanted: str | None = None) -> tuple[str, str] | None:
+    """(key, label) of the plot's second panel: the loyalty key (``wanted`` or the task's table one) beside an
+    accuracy, the accuracy beside a loyalty key; None when the rows have no loyalty."""
+    from .metrics.loyalty import LABELS, PREFIX, TABLE_KEYS
+
+    row = next((r for r in rows if any(k.startswith(PREFIX) for k in r)), None)
+    if row is None:
+        return None
+    if metric.startswith(PREFIX):
+        return metric_of(row)
+    if wanted:
+        if wanted not in row:
+            raise ValueError(f"--loyalty-metric {wanted!r} is not in the results (have "
+                             f"{sorted(k for k in row if k.startswith(PREFIX))})")
+        return wanted, LABELS.get(wanted, wanted)
+    return next(((k, LABELS.get(k, k)) for k, _ in TABLE_KEYS if k in row), None)
+
+
+def loyalty_column(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(key, header) of the one loyalty column of the tables (``metrics.loyalty.TABLE_KEYS``), None without one."""
+    from .metrics.loyalty import TABLE_KEYS
+
+    return next(((k, h) for k, h in TABLE_KEYS if any(k in r for r in rows)), None)
+
+
 def check_methods(text: str) -> list[str]:
+    """The methods of ``--methods``: comma-separated names, ``all`` = none and every method of the table."""
+    if text.strip() == "all":
+        return ["none", *METHOD_NAMES]
     methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m != "none" and m not in METHOD_NAMES]
     if unknown or not methods:
@@ -55,14 +90,16 @@ def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], c
                    budgets: list[float] = (), family: str = "front") -> list[tuple[MergeSetting, str]]:
     """(setting, schedule label) for "none" once, then every schedule for every method (schedule-major, so that a
     sweep stopped early still compares all methods), then every budget for every method (the family's amplitude
-    fitted to the budget with that method's own FLOPs)."""
+    fitted to the budget with that method's own FLOPs). A method that reduces the input before the first block
+    (rlt, frame_stride, resize: r unused) gets one row with its default options, after "none"."""
     from .explore.families import family_schedule, fit_amplitude
-    from .merging import MergeSetting
+    from .merging import METHODS, MergeSetting
 
     out: list[tuple[MergeSetting, str]] = []
     if "none" in methods:
         out.append((MergeSetting(method="none", name="none"), "-"))
-    merging = [m for m in methods if m != "none"]
+    merging = [m for m in methods if m != "none" and METHODS[m].position != "input"]
+    out += [(MergeSetting(method=m, name=m), "-") for m in methods if m != "none" and METHODS[m].position == "input"]
     for label, schedule in schedules:
         for method in merging:
             out.append((MergeSetting(method=method, r=schedule, name=f"{method} {label}"), label))
@@ -76,17 +113,26 @@ def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], c
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str, label: str) -> str:
-    """One line per point: method, schedule, metric, GFLOPs, tokens after the last block, videos/s, Pareto mark."""
+    """One line per point: method, schedule, metric, the loyalty column (when the rows have loyalty), GFLOPs, tokens
+    after the last block, videos/s, Pareto mark (in GFLOPs and ``metric``)."""
     from .compare import format_speed
-    from .explore.pareto import pareto_front
+    from .explore.pareto import front_of
 
-    front = set(pareto_front([(r["gflops"], r[metric]) for r in rows]))
-    lines = [f"| method | schedule | {label} | GFLOPs | tokens at the end | videos/s | Pareto |",
-             "|---|---|---:|---:|---:|---:|:-:|"]
+    front = set(front_of(rows, metric))
+    loyal = loyalty_column(rows)
+    extra = loyal if loyal and loyal[0] != metric else None
+    head = f" {extra[1]} |" if extra else ""
+    lines = [f"| method | schedule | {label} |{head} GFLOPs | tokens at the end | videos/s | Pareto |",
+             "|---|---|---:|" + ("---:|" if extra else "") + "---:|---:|---:|:-:|"]
     for i, r in enumerate(rows):
         tokens = r.get("tokens_per_layer") or ["-"]
-        lines.append(f"| {r['method']} | {r.get('schedule_label', '-')} | {r[metric]:.2f} | {r['gflops']:.3f} | "
-                     f"{tokens[-1]} | {format_speed(r)} | {'*' if i in front else ''} |")
+        digits = 3 if metric.startswith("loyalty/") else 2
+        cell = ""
+        if extra:
+            value = r.get(extra[0])
+            cell = f" {value:.3f} |" if isinstance(value, (int, float)) else " - |"
+        lines.append(f"| {r['method']} | {r.get('schedule_label', '-')} | {r[metric]:.{digits}f} |{cell} "
+                     f"{r['gflops']:.3f} | {tokens[-1]} | {format_speed(r)} | {'*' if i in front else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,48 +147,74 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m vidtldr_pl.sweep", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False)
     p.add_argument("--methods", default="none,tome,vidtldr,random_drop,saliency_drop",
-                   help=f"comma-separated methods: none and any of {list(METHOD_NAMES)}")
+                   help=f"comma-separated methods: none and any of {list(METHOD_NAMES)}; all: every one")
     p.add_argument("--schedules", default="front:24,48,72,96,120,144",
                    help='";"-separated explicit lists ([72,36,18]) or families (front:24,48 constant:8 delayed:24@2)')
     p.add_argument("--budgets-gflops", default="", help="comma-separated GFLOPs budgets; each method's --family "
                    "amplitude is fitted to each")
     p.add_argument("--family", default="front", help="family for --budgets-gflops (front, constant, delayed)")
     p.add_argument("--split", default="test", choices=("test", "validate"))
-    p.add_argument("--metric", default=None, help="results key to plot (default: t2v R@1 / top-1)")
+    p.add_argument("--metric", default=None, help="results key to plot (default: t2v R@1 / top-1), e.g. "
+                   "loyalty/top1_agreement")
+    p.add_argument("--loyalty-metric", default=None, help="loyalty key of the plot's second panel (default: "
+                   "loyalty/top1_agreement for classification, loyalty/t2v_top5_overlap for retrieval)")
+    p.add_argument("--no-loyalty", action="store_true", help="no loyalty to the unmerged row (and no unmerged row "
+                   "added when --methods lacks none)")
+    p.add_argument("--loyalty-max-mb", type=float, default=2048.0, help="most memory (MiB) the unmerged row's "
+                   "per-video outputs may take for loyalty (above it: no loyalty, warned)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--replot", action="store_true", help="only redraw sweep.md and the plot from <out>/sweep.json")
+    p.add_argument("--plot", default=None, help="path stem of the plot (<stem>.png / .svg; default <out>/pareto)")
     return p.parse_known_args(argv)
 
 
-def replot(out: Path, metric: str | None = None) -> None:
-    """Rewrite sweep.md and pareto.png / .svg from a finished (or partial) sweep.json."""
-    from .explore.pareto import plot_pareto
-
+def replot(out: Path, metric: str | None = None, loyalty_metric: str | None = None,
+           stem: str | Path | None = None) -> None:
+    """Rewrite sweep.md and the plot (``<stem>.png`` / ``.svg``, default ``<out>/pareto``) from a finished (or
+    partial) sweep.json."""
     payload = json.loads((out / "sweep.json").read_text())
     rows, meta = payload["runs"], (payload.get("config") or {}).get("sweep", {})
     key, label = metric_of(rows[0], metric or meta.get("metric"))
     (out / "sweep.md").write_text(markdown_table(rows, key, label))
-    plot_pareto(rows, key, out / "pareto", title=f"{label} vs GFLOPs ({meta.get('split', 'test')} split, "
-                f"{meta.get('decoded_clips', '?')} clips)", metric_label=label)
+    title = f"{label} vs GFLOPs ({meta.get('split', 'test')} split, {meta.get('decoded_clips', '?')} clips)"
+    write_plot(rows, key, label, Path(stem) if stem else out / "pareto", title,
+               loyalty_metric or meta.get("loyalty_metric"))
+
+
+def write_plot(rows: list[dict[str, Any]], key: str, label: str, stem: Path, title: str,
+               loyalty_metric: str | None = None) -> None:
+    """The Pareto plot of ``key`` with its second panel (``second_metric_of``) beside it."""
+    from .explore.pareto import plot_pareto
+
+    second = second_metric_of(rows, key, loyalty_metric)
+    plot_pareto(rows, key, stem, title=title, metric_label=label, second=second[0] if second else None,
+                second_label=second[1] if second else None)
 
 
 def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
     """Build the config's model / data / trainer, decode the split once, evaluate every point; write the outputs."""
     from .cli import _plain, build_cli
     from .preflight import resolve_config_args
-    from .compare import evaluate_runs, format_speed, print_results, write_results
+    from .compare import (REFERENCE_NAME, LoyaltyReference, LoyaltyTask, evaluate_runs, format_speed, is_reference,
+                          print_results, write_results)
     from .explore import CachedEvalDataModule, parse_schedules
     from .explore.flops_cost import FlopsCost
-    from .explore.pareto import plot_pareto
+    from .merging import MergeSetting
 
     t_start = time.perf_counter()
     methods = check_methods(args.methods)
+    if args.no_loyalty and any((m or "").startswith("loyalty/") for m in (args.metric, args.loyalty_metric)):
+        raise ValueError(f"--metric {args.metric!r} / --loyalty-metric {args.loyalty_metric!r}: loyalty is off "
+                         "(--no-loyalty)")
     cli = build_cli(quiet_config(resolve_config_args(config_argv)), "evaluate")
     model, trainer = cli.model, cli.trainer
     cost = FlopsCost(model)
     schedules = parse_schedules(args.schedules, cost.depth) if args.schedules.strip() else []
     budgets = [float(b) for b in args.budgets_gflops.split(",") if b.strip()]
     settings = build_settings(methods, schedules, cost, budgets, args.family)
+    loyalty = None if args.no_loyalty else LoyaltyReference(args.loyalty_max_mb)
+    if loyalty is not None and isinstance(model, LoyaltyTask) and not any(is_reference(s) for s, _ in settings):
+        settings.insert(0, (MergeSetting(method="none", name=REFERENCE_NAME), "-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = CachedEvalDataModule(cli.datamodule)
@@ -153,12 +225,15 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     meta: dict[str, Any] = {"split": split, "points": len(settings)}
     for k, (setting, label) in enumerate(settings):
         t0 = time.perf_counter()
-        row = evaluate_runs(trainer, model, data, [setting], split)[0]
+        row = evaluate_runs(trainer, model, data, [setting], split, loyalty)[0]
         row.update(schedule_label=label, method=setting.method, name=setting.label, r=setting.r,
                    seconds=round(time.perf_counter() - t0, 2))
         rows.append(row)
         key, metric_label = metric_of(row, args.metric)
-        print(f"[{k + 1}/{len(settings)}] {setting.label}: {metric_label} {row[key]:.2f}, {row['gflops']:.3f} GFLOPs, "
+        loyal = loyalty_column([row])
+        loyal_text = f", {loyal[1]} {row[loyal[0]]:.3f}" if loyal else ""
+        print(f"[{k + 1}/{len(settings)}] {setting.label}: {metric_label} {row[key]:.2f}{loyal_text}, "
+              f"{row['gflops']:.3f} GFLOPs, "
               f"{format_speed(row)} videos/s ({row['seconds']:.0f} s); clips decoded so far: "
               f"{data.decoded.get(split, 0)}", flush=True)
         meta.update(decoded_clips=data.decoded.get(split, 0), evaluations=data.loads.get(split, 0),
@@ -171,14 +246,15 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     print(f"decoded {clips} clips for {len(rows)} evaluations of the {split} split"
           + (f" ({expected} clips in the split: each decoded once)" if expected is not None else ""), flush=True)
     meta.update(decoded_clips=clips, split_clips=expected, seconds=round(time.perf_counter() - t_start, 1),
-                metric=key)
+                metric=key, loyalty_reference=loyalty.name if loyalty else None)
     write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
     (out / "sweep.md").write_text(markdown_table(rows, key, metric_label))
-    plot_pareto(rows, key, out / "pareto", title=f"{metric_label} vs GFLOPs ({split} split, {clips} clips)",
-                metric_label=metric_label)
+    plot = Path(args.plot) if args.plot else out / "pareto"
+    write_plot(rows, key, metric_label, plot, f"{metric_label} vs GFLOPs ({split} split, {clips} clips)",
+               args.loyalty_metric)
     if trainer.is_global_zero:
         print_results(rows, f"sweep on the {split} split")
-    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {out / 'pareto.png'}, {out / 'pareto.svg'} "
+    print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {plot}.png, {plot}.svg "
           f"in {meta['seconds']:.0f} s", flush=True)
     return {"rows": rows, **meta}
 
@@ -197,7 +273,8 @@ def _split_size(datamodule: Any, split: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return exit_code_of(lambda: replot(Path(args.out), args.metric) if args.replot else run_sweep(args, rest))
+    return exit_code_of(lambda: replot(Path(args.out), args.metric, args.loyalty_metric, args.plot) if args.replot
+                        else run_sweep(args, rest))
 
 
 if __name__ == "__main__":

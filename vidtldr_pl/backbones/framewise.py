@@ -20,6 +20,8 @@ class FrameViTEncoder(ViTEncoder):
     ``example_input``. Merging, sizes and tokens_per_layer are per frame (each frame is one row of the batch).
     """
 
+    framewise = True
+
     def __init__(self, cfg: ViTConfig, video_frames: int) -> None:
         if cfg.num_frames != 1 or cfg.tubelet_size != 1:
             raise ValueError("FrameViTEncoder's ViTConfig describes one frame: num_frames 1, tubelet_size 1")
@@ -32,16 +34,21 @@ class FrameViTEncoder(ViTEncoder):
         return torch.zeros(batch_size, 3, self.video_frames, s, s, device=device)
 
     def forward(self, video: Tensor, state: MergeState | None = None) -> Tensor:
-        """video: (B, 3, T, H, W) -> (B x T, N', D) after the final norm (identity for CLIP: ln_post is the model's)."""
+        """video: (B, 3, T, H, W) -> (B x T, N', D) after the final norm (identity for CLIP: ln_post is the model's).
+        An input reduction runs on the clip: frame_stride leaves B x T' rows, resize smaller frames, RLT compares
+        each frame with the previous one (rows then hold padding at their ends, ``state.count``)."""
         if video.ndim != 5:
             raise ValueError(f"expected video (B, 3, T, H, W), got {tuple(video.shape)}")
+        state = state if state is not None else self.new_merge_state()
+        reduction = self.input_reduction
+        if reduction is not None:
+            video = reduction.prepare(self, video)
         b, c, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, c, 1, h, w)
-        state = state if state is not None else self.new_merge_state()
         if state.grid is None:
-            state.grid = TokenGrid(frames=t, per_frame=self.cfg.patches_per_frame, prefix=self.num_prefix_tokens,
+            state.grid = TokenGrid(frames=t, per_frame=(w // self.cfg.patch_size) ** 2, prefix=self.num_prefix_tokens,
                                    framewise=True)
-        return super().forward(frames, state)
+        return self.run_blocks(self.embed_input(frames, state, rows_video=video), state)
 
 
 def per_video(frames: Tensor, batch_size: int) -> Tensor:

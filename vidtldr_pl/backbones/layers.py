@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..merging import AttentionInfo, LayerMerge, MergeableEncoder, MergeState, TokenGrid
 from ..merging.block import merging_block_forward
+from ..merging.input_reduction import InputReduction, is_input_method
 from ..ops import ATTENTION_MODES, attention
 from .interfaces import VideoEncoder
 
@@ -85,6 +86,24 @@ def sincos_table(num_positions: int, dim: int) -> Tensor:
     table[:, 0::2] = np.sin(table[:, 0::2])
     table[:, 1::2] = np.cos(table[:, 1::2])
     return torch.from_numpy(table).float()
+
+
+def resize_learned_positions(pos: Tensor, prefix: int, frames: int, grid: int, new_frames: int, new_grid: int) -> Tensor:
+    """Learned positions (1, prefix + frames * grid^2, D) -> (1, prefix + new_frames * new_grid^2, D), prefix kept:
+    linear in time (UMT's ``interpolate_pos_embed``), then bicubic on each frame's patch grid (align_corners False,
+    antialiased: open_clip's ``resize_pos_embed`` for another image size)."""
+    if (new_frames, new_grid) == (frames, grid):
+        return pos
+    dim = pos.shape[-1]
+    patches = pos[:, prefix:].float().reshape(frames, grid * grid, dim)
+    if new_frames != frames:
+        patches = F.interpolate(patches.permute(1, 2, 0), size=new_frames, mode="linear").permute(2, 0, 1)
+    if new_grid != grid:
+        patches = patches.reshape(new_frames, grid, grid, dim).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=True)
+        patches = patches.permute(0, 2, 3, 1)
+    patches = patches.reshape(1, new_frames * new_grid * new_grid, dim).to(pos.dtype)
+    return torch.cat([pos[:, :prefix], patches], dim=1)
 
 
 def position_table(frames: int, patches_per_frame: int, dim: int, ckpt_frames: int | None = None) -> Tensor:
@@ -218,6 +237,10 @@ class ViTEncoder(MergeableEncoder):
     """
 
     implements = (VideoEncoder,)
+    #: ``merging.patch`` installs input reductions (RLT, frame_stride, resize) only on encoders that declare this
+    supports_input_reduction = True
+    #: rows are videos (prefix + T x S tokens); ``framewise.FrameViTEncoder``: rows are frames
+    framewise = False
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -234,7 +257,7 @@ class ViTEncoder(MergeableEncoder):
             for i in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
-        self._pos_cache: dict[tuple[int, str], Tensor] = {}
+        self._pos_cache: dict[tuple[int, int, str], Tensor] = {}
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -261,47 +284,93 @@ class ViTEncoder(MergeableEncoder):
         for block in self.blocks:
             block.attn.mode = mode
 
-    def position_embedding(self, frames: int, device: torch.device) -> Tensor:
-        """The sin-cos table for ``frames`` (tubelets) as (1, frames * P, D), cached per device."""
-        key = (frames, str(device))
+    def position_embedding(self, frames: int, device: torch.device, per_frame: int | None = None) -> Tensor:
+        """The sin-cos table for ``frames`` (tubelets) of ``per_frame`` patches (default: the configured input's) as
+        (1, frames * P, D), cached per device: a 1-D table over every patch, rebuilt for another patch count as
+        VideoMAE / UMT build theirs for their input size (UMT's temporal interpolation kept)."""
+        per_frame = per_frame or self.cfg.patches_per_frame
+        key = (frames, per_frame, str(device))
         if key not in self._pos_cache:
             ckpt = self.cfg.ckpt_num_frames // self.cfg.tubelet_size if self.cfg.ckpt_num_frames else None
-            table = position_table(frames, self.cfg.patches_per_frame, self.cfg.embed_dim, ckpt)
+            table = position_table(frames, per_frame, self.cfg.embed_dim, ckpt)
             self._pos_cache[key] = table.to(device)
         return self._pos_cache[key]
 
-    def embed(self, video: Tensor) -> Tensor:
-        """video: (B, 3, T, H, W) -> tokens entering the first block (B, prefix + N, D)."""
-        size = self.cfg.img_size
+    def learned_positions(self, frames: int, size: int) -> Tensor:
+        """The learned positions for ``frames`` tubelets of ``size`` x ``size`` pixels: the parameter itself for the
+        configured input, else resampled (``resize_learned_positions``: linear in time, bicubic in space)."""
+        grid, new_grid = self.cfg.img_size // self.cfg.patch_size, size // self.cfg.patch_size
+        table_frames = (self.pos_embed.shape[1] - self.num_prefix_tokens) // (grid * grid)
+        return resize_learned_positions(self.pos_embed, self.num_prefix_tokens, table_frames, grid, frames, new_grid)
+
+    def embed(self, video: Tensor, size: int | None = None) -> Tensor:
+        """video: (B, 3, T, H, W) -> tokens entering the first block (B, prefix + N, D). size: the frame side the
+        video must have (default: the configured ``img_size``; another, a multiple of the patch size, adapts the
+        positions: ``position_embedding`` / ``learned_positions``)."""
+        size = size or self.cfg.img_size
         if video.ndim != 5 or video.shape[1] != 3 or video.shape[-2:] != (size, size):
             raise ValueError(f"expected video (B, 3, T, {size}, {size}), got {tuple(video.shape)}")
+        if size != self.cfg.img_size and size % self.cfg.patch_size:
+            raise ValueError(f"frame size {size} is not a multiple of the patch size {self.cfg.patch_size}")
         if video.shape[2] % self.cfg.tubelet_size:
             raise ValueError(f"{video.shape[2]} frames is not a multiple of tubelet_size {self.cfg.tubelet_size}")
         x = self.patch_embed(video)
+        per_frame = (size // self.cfg.patch_size) ** 2
         if self.cfg.pos_embed == "sincos":
-            x = x + self.position_embedding(video.shape[2] // self.cfg.tubelet_size, x.device).to(x.dtype)
+            frames = video.shape[2] // self.cfg.tubelet_size
+            x = x + self.position_embedding(frames, x.device, per_frame).to(x.dtype)
         if self.cfg.class_token:
             x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         if self.cfg.pos_embed == "learned":
-            if x.shape[1] != self.pos_embed.shape[1]:
-                raise ValueError(f"learned positions cover {self.pos_embed.shape[1]} tokens, the input gives {x.shape[1]}")
-            x = x + self.pos_embed.to(x.dtype)
+            pos = self.learned_positions(video.shape[2] // self.cfg.tubelet_size, size)
+            if x.shape[1] != pos.shape[1]:
+                raise ValueError(f"learned positions cover {pos.shape[1]} tokens, the input gives {x.shape[1]}")
+            x = x + pos.to(x.dtype)
         return self.norm_pre(x)
 
     def token_grid(self, video: Tensor) -> TokenGrid:
-        """The TokenGrid of the tokens ``embed(video)`` gives: T = frames / tubelet, S = patches per frame."""
-        return TokenGrid(frames=video.shape[2] // self.cfg.tubelet_size, per_frame=self.cfg.patches_per_frame,
-                         prefix=self.num_prefix_tokens)
+        """The TokenGrid of the tokens ``embed(video)`` gives: T = frames / tubelet, S = patches per frame (of the
+        video's own size)."""
+        return TokenGrid(frames=video.shape[2] // self.cfg.tubelet_size,
+                         per_frame=(video.shape[-1] // self.cfg.patch_size) ** 2, prefix=self.num_prefix_tokens)
 
-    def forward(self, video: Tensor, state: MergeState | None = None) -> Tensor:
-        """video: (B, 3, T, H, W) -> tokens (B, N', D) after the final norm."""
-        state = state if state is not None else self.new_merge_state()
-        x = self.embed(video)
+    @property
+    def input_reduction(self) -> InputReduction | None:
+        """The merge setting's method when it reduces the input before the first block (RLT, frame_stride, resize;
+        ``merging.input_reduction``), else None."""
+        method = getattr(getattr(self, "merge_settings", None), "method", None)
+        return method if is_input_method(method) else None
+
+    def embed_input(self, video: Tensor, state: MergeState, rows_video: Tensor | None = None) -> Tensor:
+        """The tokens entering the first block: ``embed`` of the (prepared) video, then the input reduction, which
+        may update state (size, count, source, grid). video: the rows to embed (B, 3, T, H, W); rows_video: the clip
+        they come from when it differs (a frame-wise encoder's (B, 3, T, H, W) video, its rows being frames)."""
+        reduction = self.input_reduction
+        size = reduction.input_size(self) if reduction is not None else None
+        x = self.embed(video, size)
         if state.grid is None:
             state.grid = self.token_grid(video)
+        if reduction is not None:
+            x = reduction.reduce(self, rows_video if rows_video is not None else video, x, state)
+        return x
+
+    def forward(self, video: Tensor, state: MergeState | None = None) -> Tensor:
+        """video: (B, 3, T, H, W) -> tokens (B, N', D) after the final norm. With an input reduction (RLT,
+        frame_stride, resize) the rows may hold padding at their ends (``state.count``)."""
+        state = state if state is not None else self.new_merge_state()
+        reduction = self.input_reduction
+        if reduction is not None:
+            video = reduction.prepare(self, video)
+        return self.run_blocks(self.embed_input(video, state), state)
+
+    def run_blocks(self, x: Tensor, state: MergeState) -> Tensor:
+        """x (B, N, D) tokens entering the first block -> (B, N', D) after the blocks and the final norm (padded rows
+        when ``state.count`` is set; under ``state.batching`` "pack" the blocks run on the packed rows,
+        ``MergeState.enter`` / ``leave``)."""
+        x = state.enter(x)
         for block in self.blocks:
             x = block(x, state)
-        return self.norm(x)
+        return self.norm(state.leave(x))
 
 
 def init_vit_weights(m: nn.Module) -> None:
@@ -317,5 +386,5 @@ def init_vit_weights(m: nn.Module) -> None:
 
 __all__ = [
     "Attention", "Block", "DropPath", "Mlp", "PatchEmbed", "QuickGELU", "ViTConfig", "ViTEncoder", "init_vit_weights",
-    "position_table", "sincos_table",
+    "position_table", "resize_learned_positions", "sincos_table",
 ]

@@ -24,7 +24,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..flops import call_flops, encoder_flops, meta_call
+from ..flops import call_flops, encoder_flops, meta_call, row_flops
+from ..flops.input import content_dependent, entering_flops, video_entering
 from ..merging import MergeState, find_mergeable
 
 
@@ -47,6 +48,8 @@ class _EncoderMeter:
         self.batch_videos: int | None = None  # videos of the batch being evaluated (set by EncoderStats)
         self.rows_per_video = 1.0  # foreign: input rows per video (T for a frame-wise tower)
         self.entering: int | None = None  # foreign: tokens entering the first block in the last call
+        self.row_counts: list[Tensor] = []  # (L, B) per call whose rows kept different counts (threshold mode)
+        self.entering_counts: list[Tensor] = []  # (B,) per call under a pixel-dependent input reduction (RLT)
         self._t0 = 0.0
 
     @staticmethod
@@ -65,6 +68,8 @@ class _EncoderMeter:
         if isinstance(video, Tensor):
             self._sync(video)
             self.input_shape = tuple(video.shape)
+            if not self.foreign and content_dependent(self.encoder):  # RLT: the tokens each video's pixels keep
+                self.entering_counts.append(video_entering(self.encoder, video))
         self._t0 = time.perf_counter()
 
     def first_block(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -87,6 +92,9 @@ class _EncoderMeter:
                 self.tokens_per_layer = [self.entering] * len(self.encoder.blocks)
             elif isinstance(out, Tensor):
                 self.tokens_per_layer = [out.shape[1]]
+        rows = state.row_counts() if isinstance(state, MergeState) else None
+        if rows is not None:
+            self.row_counts.append(rows.cpu())
         if self.encoder in _WARMED:
             if self.input_shape is not None:
                 self.seconds += elapsed
@@ -98,6 +106,8 @@ class _EncoderMeter:
     def flops(self) -> Any:
         """The FlopReport per video of the measured input (None when no call was seen)."""
         if not self.foreign:
+            if content_dependent(self.encoder):  # RLT: counted per video from entering_counts (EncoderStats)
+                return None
             return encoder_flops(self.encoder, self.input_shape) if self.input_shape is not None else None
         if self.call is None or self.input_shape is None:
             return None
@@ -127,7 +137,9 @@ class EncoderStats(Callback):
 
     ``results`` after an epoch: ``tokens_per_layer`` (first encoder, first batch), ``videos_per_s`` (first encoder,
     this process, its first call in the process excluded as warm-up; None when nothing else was timed: shown
-    as ``NOT_TIMED``), ``gflops`` / ``merge_gmacs`` (per video).
+    as ``NOT_TIMED``), ``gflops`` / ``merge_gmacs`` (per video). When the videos keep different token counts
+    (threshold mode: ``MergeState.row_counts``): ``tokens_per_layer`` is the mean over the epoch's videos,
+    ``tokens_per_video`` and ``gflops_per_video`` hold the mean / min / max, ``gflops`` / ``merge_gmacs`` the means.
     """
 
     def __init__(self, flops: bool = True, target: str | None = None) -> None:
@@ -166,6 +178,20 @@ class EncoderStats(Callback):
         report = meter.flops() if self.flops else None
         if report is not None:
             results.update(gflops=report.gflops, merge_gmacs=report.merge_gmacs)
+        if meter.row_counts and not meter.foreign:  # videos kept different counts: per video mean / min / max
+            per_video = row_flops(meter.encoder, torch.cat(meter.row_counts, dim=1), video_shape=meter.input_shape) \
+                if self.flops else None
+            counts = torch.cat(meter.row_counts, dim=1).double()
+            results.update(tokens_per_layer=[round(float(c), 2) for c in counts.mean(1)],
+                           tokens_per_video={"mean": float(counts[-1].mean()), "min": float(counts[-1].min()),
+                                             "max": float(counts[-1].max())})
+            if per_video is not None:
+                results.update(gflops=per_video["gflops"]["mean"], merge_gmacs=per_video["merge_gmacs"]["mean"],
+                               gflops_per_video=per_video["gflops"])
+        if meter.entering_counts and self.flops:  # RLT: each video counted at the tokens its pixels kept
+            per_video = entering_flops(meter.encoder, torch.cat(meter.entering_counts), meter.input_shape)
+            results.update(gflops=per_video["gflops"]["mean"], merge_gmacs=per_video["merge_gmacs"]["mean"],
+                           gflops_per_video=per_video["gflops"], tokens_per_video=per_video["tokens_in"])
         self.results = results
         target = getattr(pl_module, "results", None)
         if isinstance(target, dict):

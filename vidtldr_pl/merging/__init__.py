@@ -18,6 +18,12 @@ from .shift import representation_shift
 from .schedule import ScheduleError, build_schedule, effective_r, token_counts
 from .setting import MergeOverride, MergeSetting, apply_merge, set_attention
 from .state import AttentionInfo, MergeState, TokenGrid
+from . import pruning  # noqa: F401  (registers topk, evit, sta)
+from . import input_reduction  # noqa: F401  (registers rlt, frame_stride, resize: before the first block)
+from . import temporal  # noqa: F401  (registers stim_temporal)
+from . import video_tome  # noqa: F401  (registers tome_video)
+from . import pitome  # noqa: F401  (registers pitome)
+from . import threshold  # noqa: F401  (registers threshold: DyMU's threshold mode over a matching method)
 
 __all__ = [
     "METHODS", "POSITIONS", "SALIENCY_BACKENDS", "AttentionInfo", "DropPlan", "LayerMerge", "MergeMethod", "MergePlan",

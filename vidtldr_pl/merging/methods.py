@@ -12,10 +12,12 @@ import torch
 from torch import Tensor
 
 from .matching import (
-    DropPlan, MergePlan, bipartite_soft_matching, drop_lowest, even_gather, keep_tokens, merge_tokens, merge_wavg,
+    MERGE_OPS, DropPlan, MergePlan, bipartite_soft_matching, drop_lowest, even_gather, keep_tokens, merge_mlerp,
+    merge_tokens, merge_wavg,
 )
 from .saliency import check_saliency_backend, raw_saliency, sharpen, vidtldr_saliency
 from .schedule import RValue, effective_r
+from .rows import call_rows
 from .state import AttentionInfo, MergeState, TokenGrid
 
 POSITIONS = ("attn", "mlp")
@@ -35,17 +37,31 @@ class MergeMethod(ABC):
     representation shift in MergeState.shift (``shift.representation_shift``). position: where the block calls
     the method: "attn" (after the attention residual, before the MLP: ToMe, vid-TLDR) or "mlp" (after the MLP
     residual). proportional_attention: later blocks add log(size) to their attention logits. protected: leading
-    tokens that never merge nor drop (CLS).
+    tokens that never merge nor drop (CLS). merge_op: how a merged group becomes one token (``merge_average``):
+    "mean" (size-weighted average, ``merge_wavg``) or "mlerp" (ToFu's norm-preserving average, ``merge_mlerp``);
+    methods that only drop ignore it.
     """
 
     name: str = "base"
     needs_attention: bool = False
     needs_shift: bool = False
     position: str = "attn"
+    #: ``plan`` passes r unchanged to ``bipartite_soft_matching`` / ``drop_lowest``, so a ``RowBudget`` plans rows
+    #: of different counts at once (else ``merging.rows`` runs the method once per group of equal rows)
+    row_budgets: bool = False
 
-    def __init__(self, proportional_attention: bool = True, protected: int = 0) -> None:
+    def __init__(self, proportional_attention: bool = True, protected: int = 0, merge_op: str = "mean") -> None:
         self.proportional_attention = proportional_attention
         self.protected = protected
+        if merge_op not in MERGE_OPS:
+            raise ValueError(f"unknown merge_op {merge_op!r}; choose one of {MERGE_OPS}")
+        self.merge_op = merge_op
+
+    def merge_average(self, plan: MergePlan, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Apply a merge plan with this method's merge_op: x (B, N, C), size (B, N, 1) or None -> (x', size')."""
+        if self.merge_op == "mlerp":
+            return merge_mlerp(plan, x, size)
+        return merge_wavg(plan, x, size)
 
     @abstractmethod
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan | DropPlan:
@@ -53,7 +69,12 @@ class MergeMethod(ABC):
         MergeState (representation shift, blocks done so far); None when called outside a block."""
 
     def __call__(self, x: Tensor, state: MergeState, attn: AttentionInfo | None, r: RValue) -> Tensor:
-        """Remove r tokens of x: (B, N, C) -> (B, N - r', C), updating state.size / state.source / state.shift."""
+        """Remove r tokens of x: (B, N, C) -> (B, N - r', C), updating state.size / state.source / state.shift.
+
+        Rows of different counts (``state.count``), packed rows, or r per row ((B,) tensor or ``RowBudget``): each
+        row gets the merges it gets alone (``merging.rows.call_rows``)."""
+        if state.count is not None or state.packed or not isinstance(r, (int, float)):
+            return call_rows(self, x, state, attn, r)
         r_eff = effective_r(r, x.shape[1], self.protected)
         if r_eff == 0:
             return x
@@ -69,11 +90,17 @@ class MergeMethod(ABC):
             if state.source is not None:
                 state.source = keep_tokens(plan, state.source)
             return x
-        x, state.size = merge_wavg(plan, x, state.size)
+        x, state.size = self.merge_average(plan, x, state.size)
         state.shift = None  # merged tokens have no shift of their own; the next MLP records a fresh one
         if state.source is not None:
             state.source = merge_tokens(plan, state.source, mode="amax")
         return x
+
+    def tokens_removed(self, r: int, grid: TokenGrid | None) -> int:
+        """Tokens this method removes when asked for r (already capped by ``effective_r``) on tokens tiled as grid:
+        r itself, unless the method can only remove certain counts (e.g. the same count in every frame) and says
+        so by overriding this; ``schedule.token_counts(..., method=, grid=)`` uses it."""
+        return r
 
     def grid_after(self, grid: TokenGrid | None, r: int) -> TokenGrid | None:
         """The TokenGrid after this method removed r tokens: None (the grid is lost) unless the method merges
@@ -99,9 +126,11 @@ class ToMe(MergeMethod):
     """
 
     name = "tome"
+    row_budgets = True
 
-    def __init__(self, metric: str = "keys", proportional_attention: bool = True, protected: int = 0) -> None:
-        super().__init__(proportional_attention, protected)
+    def __init__(self, metric: str = "keys", proportional_attention: bool = True, protected: int = 0,
+                 merge_op: str = "mean") -> None:
+        super().__init__(proportional_attention, protected, merge_op)
         if metric not in ("keys", "hidden"):
             raise ValueError(f"ToMe metric must be 'keys' or 'hidden', got {metric!r}")
         self.metric = metric
@@ -141,15 +170,16 @@ class VidTLDR(MergeMethod):
     """
 
     name = "vidtldr"
+    row_budgets = True
     METRICS = ("hidden", "keys")
     SALIENCIES = ("entropy", "repshift")
 
     def __init__(
         self, proportional_attention: bool = True, protected: int = 0, chunk_size: int = 512,
         saliency_backend: str = "auto", saliency: str = "entropy", position: str = "attn",
-        prefix_in_saliency: bool = True, metric: str = "hidden",
+        prefix_in_saliency: bool = True, metric: str = "hidden", merge_op: str = "mean",
     ) -> None:
-        super().__init__(proportional_attention, protected)
+        super().__init__(proportional_attention, protected, merge_op)
         self.prefix_in_saliency = prefix_in_saliency
         if metric not in self.METRICS:
             raise ValueError(f"unknown vid-TLDR metric {metric!r}; choose one of {self.METRICS}")
@@ -174,15 +204,16 @@ class VidTLDR(MergeMethod):
     def token_saliency(self, attn: AttentionInfo | None, state: MergeState | None) -> Tensor:
         """(B, N, 1) saliency in [0, 1] of the tokens at the merge slot."""
         p = 0 if self.prefix_in_saliency else self.protected
+        pad = _padding(state, p)
         if self.saliency == "repshift":
             with torch.no_grad():
                 shift = self.shift_of(state)
-                return _pad_prefix(sharpen(shift[:, p:]), p)
+                return _pad_prefix(sharpen(shift[:, p:], pad), p)
         if attn is None:
             raise ValueError("vid-TLDR needs the block's attention (AttentionInfo)")
         if p:
             attn = _without_prefix(attn, p)
-        return _pad_prefix(vidtldr_saliency(attn, self.chunk_size, self.saliency_backend), p)
+        return _pad_prefix(vidtldr_saliency(attn, self.chunk_size, self.saliency_backend, pad), p)
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
         saliency = self.token_saliency(attn, state)
@@ -205,6 +236,13 @@ def _without_prefix(attn: AttentionInfo, p: int) -> AttentionInfo:
     return AttentionInfo(q=attn.q[:, :, p:], k=attn.k[:, :, p:])
 
 
+def _padding(state: MergeState | None, p: int = 0) -> Tensor | None:
+    """(B, N - p) True at the padding tokens of rows of different counts (state.count), or None."""
+    if state is None or state.count is None:
+        return None
+    return state.padding_mask()[:, p:]
+
+
 def _pad_prefix(saliency: Tensor, p: int) -> Tensor:
     """(B, N-p, 1) -> (B, N, 1) with saliency 0 for the p prefix tokens."""
     return torch.cat([saliency.new_zeros(saliency.shape[0], p, 1), saliency], dim=1) if p else saliency
@@ -216,9 +254,9 @@ class VidTLDRRepShift(VidTLDR):
     name = "vidtldr_repshift"
 
     def __init__(self, proportional_attention: bool = True, protected: int = 0, position: str = "attn",
-                 metric: str = "hidden", prefix_in_saliency: bool = True) -> None:
+                 metric: str = "hidden", prefix_in_saliency: bool = True, merge_op: str = "mean") -> None:
         super().__init__(proportional_attention, protected, saliency="repshift", position=position, metric=metric,
-                         prefix_in_saliency=prefix_in_saliency)
+                         prefix_in_saliency=prefix_in_saliency, merge_op=merge_op)
 
 
 class RandomMerge(MergeMethod):
@@ -226,8 +264,9 @@ class RandomMerge(MergeMethod):
 
     name = "random"
 
-    def __init__(self, seed: int | None = None, proportional_attention: bool = True, protected: int = 0) -> None:
-        super().__init__(proportional_attention, protected)
+    def __init__(self, seed: int | None = None, proportional_attention: bool = True, protected: int = 0,
+                 merge_op: str = "mean") -> None:
+        super().__init__(proportional_attention, protected, merge_op)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
@@ -269,6 +308,7 @@ class RandomDrop(MergeMethod):
     compilable (no host generator). Prefix tokens are never dropped."""
 
     name = "random_drop"
+    row_budgets = True
 
     def __init__(self, seed: int = 0, proportional_attention: bool = True, protected: int = 0) -> None:
         super().__init__(proportional_attention, protected)
@@ -291,6 +331,7 @@ class SaliencyDrop(MergeMethod):
     """
 
     name = "saliency_drop"
+    row_budgets = True
     needs_attention = True
 
     def __init__(
@@ -306,7 +347,7 @@ class SaliencyDrop(MergeMethod):
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> DropPlan:
         if attn is None:
             raise ValueError("saliency_drop needs the block's attention (AttentionInfo)")
-        score = raw_saliency(attn, self.chunk_size, self.saliency_backend, zero_safe=True)
+        score = raw_saliency(attn, self.chunk_size, self.saliency_backend, zero_safe=True, pad=_padding(state))
         return drop_lowest(score, r, self.protected)
 
 
@@ -321,6 +362,7 @@ class RepShiftDrop(MergeMethod):
     """
 
     name = "repshift_drop"
+    row_budgets = True
     needs_shift = True
 
     def __init__(self, position: str = "mlp", proportional_attention: bool = True, protected: int = 0) -> None:

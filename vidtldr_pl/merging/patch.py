@@ -31,14 +31,23 @@ def patch(
     Each encoder's ``num_prefix_tokens`` (CLS) are protected (``protected`` is raised to it, never lowered).
     method "none" or r all zero removes merging. Raises ScheduleError for an r that does not fit the depth.
     """
+    merge_method = build_method(method, **method_kwargs)
     encoders = find_mergeable(model)
+    from .input_reduction import is_input_method  # here, so that its methods register in the package's import order
+    if is_input_method(merge_method):  # RLT, frame_stride, resize: before the first block, r unused
+        _check_input_hook(model, encoders, merge_method)
     if not encoders:  # a transformers / timm / open_clip model: graft the merge slots (one line if unknown)
         from ..foreign import adapt
 
         encoders = adapt(model)
-    merge_method = build_method(method, **method_kwargs)
     for encoder in encoders:
         schedule = build_schedule(r, len(encoder.blocks), layers)
+        if is_input_method(merge_method):
+            _clear(encoder)
+            encoder_method = copy.copy(merge_method)
+            encoder_method.protected = max(encoder_method.protected, encoder.num_prefix_tokens)
+            encoder.merge_settings = MergeSettings(encoder_method, (0,) * len(encoder.blocks), trace_source)
+            continue
         if merge_method is None or not any(schedule):
             _clear(encoder)
             continue
@@ -51,6 +60,15 @@ def patch(
             block.merge = LayerMerge(encoder_method, r_block) if r_block else None
         encoder.merge_settings = MergeSettings(encoder_method, tuple(schedule), trace_source)
     return model
+
+
+def _check_input_hook(model: nn.Module, encoders: list[MergeableEncoder], method: MergeMethod) -> None:
+    """A ValueError unless every encoder has the input hook an input reduction needs (``supports_input_reduction``)."""
+    lacking = [type(e).__name__ for e in encoders if not getattr(e, "supports_input_reduction", False)]
+    if not encoders or lacking:
+        raise ValueError(f"method {method.name!r} reduces the input before the first block, which "
+                         f"{', '.join(lacking) or type(model).__name__} (a transformers / timm / open_clip model) has "
+                         "no hook for: use it on a registered backbone, or a block method here")
 
 
 def _clear(encoder: MergeableEncoder) -> None:

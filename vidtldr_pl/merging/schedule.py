@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Sequence
+from typing import Any
 from ..errors import ScheduleError
 
 RValue = int | float
@@ -76,14 +77,24 @@ def effective_r(r: RValue, num_tokens: int, protected: int = 0) -> int:
     return max(0, min(count, (num_tokens - protected) // 2))
 
 
-def token_counts(schedule: Sequence[RValue], num_tokens: int, protected: int = 0, warn: bool = True) -> list[int]:
-    """Tokens left after each block for an input of num_tokens tokens (warns when an entry is capped)."""
+def token_counts(schedule: Sequence[RValue], num_tokens: int, protected: int = 0, warn: bool = True,
+                 method: Any = None, grid: Any = None) -> list[int]:
+    """Tokens left after each block for an input of num_tokens tokens (warns when an entry is capped).
+
+    method / grid (a MergeMethod and the TokenGrid of the input): ask the method how many tokens it really removes
+    for each capped r (``MergeMethod.tokens_removed``, e.g. a multiple of the frames for per-frame merging) and
+    follow the grid through ``MergeMethod.grid_after``; without a method every block removes its capped r.
+    """
     counts = []
     n = num_tokens
     for i, r in enumerate(schedule):
         eff = effective_r(r, n, protected)
         if warn and r >= 1 and eff < r:
             log.warning("r[%d] = %s exceeds half of the %d tokens at that block: capped at %d", i, r, n, eff)
+        if method is not None and eff:
+            removed = method.tokens_removed(eff, grid)
+            grid = method.grid_after(grid, eff)
+            eff = removed
         n -= eff
         counts.append(n)
     return counts

@@ -21,7 +21,8 @@ class MergeSetting:
     """A merge setting.
 
     method: "none", "tome", "vidtldr", "vidtldr_repshift", "random", "random_drop", "saliency_drop",
-    "repshift_drop" (any name in ``METHODS``); r: per-block list or one count / fraction at ``layers`` (every block
+    "repshift_drop", "rlt", "frame_stride", "resize" (any name in ``METHODS``; the last three reduce the input before
+    the first block and do not use r: ``merging.input_reduction``); r: per-block list or one count / fraction at ``layers`` (every block
     when None); attention: "fused", "explicit", "flex" or None (keep the model's); method_options: extra method
     arguments (e.g. {"saliency_backend": "chunked"}, {"saliency": "repshift"}, {"seed": 1}); trace_source: record
     which input patches each token holds; name: a label for tables (default: the method).
@@ -82,18 +83,21 @@ def set_attention(model: nn.Module, mode: str) -> None:
 def apply_merge(model: nn.Module, setting: MergeSetting) -> list[list[int] | None]:
     """Patch every mergeable encoder of model with ``setting`` (in place; "none" removes merging) and set its
     attention kernel. Returns, per encoder, the expected tokens after each block for its configured input (None
-    when the encoder does not know its input size)."""
+    when the encoder does not know its input size, or under RLT, whose count depends on the pixels)."""
     patch(model, setting.method, r=setting.r, layers=setting.layers, trace_source=setting.trace_source,
           **(setting.method_options or {}))
     if setting.attention is not None:
         set_attention(model, setting.attention)
     counts: list[list[int] | None] = []
+    from .input_reduction import is_input_method  # here, so that its methods register in the package's import order
     for encoder in find_mergeable(model):
         n = encoder.num_tokens
+        method = encoder.merge_settings.method
+        if n and is_input_method(method):  # the tokens it leaves (None: RLT's depend on the pixels)
+            n = method.tokens_entering(encoder)
         if not n:
             counts.append(None)
             continue
-        method = encoder.merge_settings.method
         schedule = list(encoder.merge_settings.schedule) or [0] * len(encoder.blocks)
         counts.append(token_counts(schedule, n, method.protected if method else 0))
     return counts

@@ -51,6 +51,14 @@ class ClassificationEvalData(Protocol):
 
 
 @runtime_checkable
+class PooledClassifier(Protocol):
+    """A classifier that also gives the pooled features its head reads (for the loyalty feature cosine)."""
+
+    def forward_pooled(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video (B, 3, T, H, W) -> (logits (B, C), pooled features (B, D))."""
+
+
+@runtime_checkable
 class LabelledData(Protocol):
     """A datamodule that knows its number of classes (checked against the model's outputs)."""
 
@@ -113,7 +121,9 @@ class ClassificationTask(VideoTask):
     After an evaluation epoch ``self.results`` holds ``top1`` / ``top5`` (%), ``num_videos``, ``num_views`` (per
     video), and ``num_skipped`` when the datamodule dropped unreadable videos (``skip_errors``); the EncoderStats
     callback adds ``tokens_per_layer``, ``videos_per_s`` (encoder inputs, i.e. views, per second) and ``gflops`` (per
-    view). ``self.scores`` holds the per-video scores (N, C), ``self.labels`` and ``self.video_ids``.
+    view). ``self.scores`` holds the per-video scores (N, C), ``self.labels`` and ``self.video_ids``, and
+    ``self.pooled`` the per-view pooled features (N, V, D) float32 of a ``PooledClassifier`` (else None): the last
+    evaluation's, replaced by the next one (``loyalty_outputs()``).
     """
 
     checkpoint_monitor = "top1"
@@ -157,12 +167,17 @@ class ClassificationTask(VideoTask):
         self._keys: list[Tensor] = []
         self._probs: list[Tensor] = []
         self._labels: list[Tensor] = []
+        self._pooled: list[Tensor] = []
         self._num_classes: int | None = None
 
     def _eval_step(self, batch: dict[str, Tensor] | None) -> None:
         if batch is None:  # every sample of the batch was an unreadable video (skip_errors)
             return
-        logits = self(batch["video"])
+        if isinstance(self.model, PooledClassifier):
+            logits, pooled = self.model.forward_pooled(batch["video"].permute(0, 2, 1, 3, 4))
+            self._pooled.append(pooled.detach().float().cpu())
+        else:
+            logits = self(batch["video"])
         if self._num_classes is None:
             expected = self._expected_classes()
             if expected is not None and logits.shape[-1] != expected:
@@ -191,6 +206,7 @@ class ClassificationTask(VideoTask):
     @torch.no_grad()
     def _eval_end(self) -> None:
         num_classes = self._num_classes or self._expected_classes() or 0
+        pooled = torch.cat(self._pooled) if self._pooled else None
         if self._keys:
             pairs, probs, labels = torch.cat(self._keys), torch.cat(self._probs), torch.cat(self._labels)
         else:  # a process without samples still takes part in the collectives
@@ -200,7 +216,11 @@ class ClassificationTask(VideoTask):
         if pairs.numel() and int(pairs[:, 1].max()) >= num_views:
             raise ValueError(f"view_index {int(pairs[:, 1].max())} >= the {num_views} views per video of the datamodule")
         key = pairs[:, 0] * num_views + pairs[:, 1]
-        key, probs, labels = gather_by_index(key, probs, labels, chunk=self.hparams.gather_chunk)
+        if isinstance(self.model, PooledClassifier):  # every process gathers them (a rank without samples too)
+            pooled = pooled if pooled is not None else torch.zeros(0, 0)
+            key, probs, labels, pooled = gather_by_index(key, probs, labels, pooled, chunk=self.hparams.gather_chunk)
+        else:
+            key, probs, labels = gather_by_index(key, probs, labels, chunk=self.hparams.gather_chunk)
         videos, scores, video_labels = video_scores(key, probs, labels, num_views)
         skipped = 0
         if num_videos is not None and videos.numel() != num_videos:
@@ -221,7 +241,18 @@ class ClassificationTask(VideoTask):
             results["num_skipped"] = skipped
         self.results = results
         self.scores, self.labels, self.video_ids = scores, video_labels, videos
+        self.pooled = pooled.view(videos.numel(), num_views, -1) if pooled is not None else None
         self._reset()
+
+    def loyalty_outputs(self) -> dict[str, Tensor] | None:
+        """The last evaluation's per-video outputs for ``metrics.loyalty``: ``probs`` (N, C) float64, ``video_ids``
+        (N,) and, for a ``PooledClassifier``, ``features`` (N, V, D); None before any evaluation."""
+        if getattr(self, "scores", None) is None:
+            return None
+        out = {"probs": self.scores, "video_ids": self.video_ids}
+        if getattr(self, "pooled", None) is not None:
+            out["features"] = self.pooled
+        return out
 
     # ------------------------------------------------------------------ training
     def _mixing(self) -> bool:
@@ -265,4 +296,5 @@ def _check_checkpoint_file(model: str, checkpoint: str | None) -> None:
     raise FileNotFoundError(f"checkpoint file not found: {checkpoint} ({checkpoint_hint(model)})")
 
 
-__all__ = ["ClassificationEvalData", "ClassificationTask", "LabelledData", "topk_accuracy", "video_scores"]
+__all__ = ["ClassificationEvalData", "ClassificationTask", "LabelledData", "PooledClassifier", "topk_accuracy",
+           "video_scores"]

@@ -375,7 +375,7 @@ class RetrievalTask(VideoTask):
 
         nv, nt = sim_v2t.shape
         if not isinstance(self.model, FusionModel):  # a dual encoder: ITC ranking only
-            self._finish(data, sim_v2t, sim_v2t.t(), sim_v2t, missing, itm=False)
+            self._finish(data, sim_v2t, sim_v2t.t(), sim_v2t, missing, itm=False, embeddings=itc)
             return
         with self._autocast():
             memory = self._fusion_memory_cache(tokens, video_tokens)
@@ -399,12 +399,13 @@ class RetrievalTask(VideoTask):
                                          row_range(nv, rank, world), row_range(nt, rank, world),
                                          progress=True)
         s_v2t, s_t2v = all_reduce_sum(s_v2t), all_reduce_sum(s_t2v)
-        self._finish(data, s_v2t, s_t2v, sim_v2t, missing, itm=True)
+        self._finish(data, s_v2t, s_t2v, sim_v2t, missing, itm=True, embeddings=itc)
 
     def _finish(self, data: RetrievalEvalData, s_v2t: Tensor, s_t2v: Tensor, sim_v2t: Tensor, missing: list[int],
-                itm: bool) -> None:
+                itm: bool, embeddings: Tensor | None = None) -> None:
         """Metrics of the re-ranked (``itm/``, when ``itm``) and ITC (``itc/``) matrices into ``self.results``;
-        ``missing``: the skipped videos (misses in both directions)."""
+        ``missing``: the skipped videos (misses in both directions); ``embeddings``: the video embeddings (Nv, E),
+        kept for ``loyalty_outputs``."""
         nv, nt = sim_v2t.shape
         # every rank holds the same matrices, so the metrics are identical on every rank; logging syncs with max
         # (exact, and keeps Lightning from warning about unsynced epoch-level values)
@@ -424,7 +425,25 @@ class RetrievalTask(VideoTask):
             results["num_skipped"] = len(missing)
         self.results = results
         self.scores = {"itm_v2t": s_v2t.cpu(), "itm_t2v": s_t2v.cpu(), "itc_v2t": sim_v2t.cpu()}
+        self._itm_ranked = itm
+        self.embeddings = embeddings.detach().float().cpu() if embeddings is not None else None
         self._reset()
+
+    def loyalty_outputs(self) -> dict[str, Tensor] | None:
+        """The last evaluation's outputs for ``metrics.loyalty``: ``t2v`` (Nt, Nv) / ``v2t`` (Nv, Nt) the matrices the
+        metrics rank by (ITM re-ranked, with ``rerank_k`` = k_test, or ITC), ``sim_v2t`` (Nv, Nt) ITC and
+        ``features`` (Nv, E) the video embeddings (zero for a skipped video); None before any evaluation."""
+        scores = getattr(self, "scores", None)
+        if scores is None:
+            return None
+        out = {"sim_v2t": scores["itc_v2t"]}
+        if self._itm_ranked:
+            out.update(t2v=scores["itm_t2v"], v2t=scores["itm_v2t"], rerank_k=torch.tensor(self.k_test))
+        else:
+            out.update(t2v=scores["itc_v2t"].t(), v2t=scores["itc_v2t"])
+        if self.embeddings is not None:
+            out["features"] = self.embeddings
+        return out
 
     # ------------------------------------------------------------------ training
     def _gather(self, x: Tensor) -> Tensor | None:

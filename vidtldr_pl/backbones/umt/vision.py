@@ -40,9 +40,10 @@ class VisionTransformer(nn.Module):
     def forward(self, video: Tensor, return_state: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, MergeState]:
         """video: (B, 3, T, H, W) -> (tokens (B, N', D), pooled (B, D)) [, MergeState].
 
-        Pooling is the UNWEIGHTED mean over the remaining tokens (sizes ignored), as official.
+        Pooling is the UNWEIGHTED mean over the remaining tokens (sizes ignored), as official; with per-video counts
+        (``MergeState.count``) over each video's real tokens, and tokens (B, max count, D) hold padding at the end.
         """
         state = self.encoder.new_merge_state()
         tokens = self.encoder(video, state)
-        pooled = self.pool_norm(tokens.mean(dim=1))
+        pooled = self.pool_norm(state.mean_pool(tokens))  # tokens.mean(dim=1) unless rows hold different counts
         return (tokens, pooled, state) if return_state else (tokens, pooled)

@@ -63,11 +63,9 @@ class VideoMAE(nn.Module):
         self.apply(init_vit_weights)
 
     def pool(self, tokens: Tensor, state: MergeState) -> Tensor:
-        """tokens (B, N', D) -> (B, D): the plain mean, or the size-weighted one (``size_weighted_pool``)."""
-        if self.cfg.size_weighted_pool and state.size is not None:
-            size = state.size.to(tokens.dtype)
-            return (tokens * size).sum(dim=1) / size.sum(dim=1)
-        return tokens.mean(dim=1)
+        """tokens (B, N', D) -> (B, D): the plain mean, or the size-weighted one (``size_weighted_pool``), over each
+        video's real tokens (``MergeState.mean_pool``: padding of rows of different counts left out)."""
+        return state.mean_pool(tokens, size_weighted=self.cfg.size_weighted_pool)
 
     def forward_features(self, video: Tensor, state: MergeState | None = None) -> Tensor:
         """video: (B, 3, T, H, W) -> pooled, normalised features (B, D)."""
@@ -77,6 +75,11 @@ class VideoMAE(nn.Module):
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> logits (B, num_classes)."""
         return self.head(self.fc_dropout(self.forward_features(video)))
+
+    def forward_pooled(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video: (B, 3, T, H, W) -> (logits (B, num_classes), the pooled features the head reads (B, D))."""
+        features = self.forward_features(video)
+        return self.head(self.fc_dropout(features)), features
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint layouts

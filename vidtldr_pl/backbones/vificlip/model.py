@@ -205,6 +205,13 @@ class ViFiCLIP(LogitScaleHead):
             raise RuntimeError("ViFiCLIP has no class prompts: call set_class_names(names) first")
         return self.logit_scale.exp() * self.encode_video(video) @ self.class_features.to(self.proj.dtype).t()
 
+    def forward_pooled(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        """video: (B, 3, T, H, W) -> (logits (B, K) as ``forward``, the video embeddings (B, E))."""
+        if self.class_features.shape[0] == 0:
+            raise RuntimeError("ViFiCLIP has no class prompts: call set_class_names(names) first")
+        embedding = self.encode_video(video)
+        return self.logit_scale.exp() * embedding @ self.class_features.to(self.proj.dtype).t(), embedding
+
 
 # ---------------------------------------------------------------------------------------------- checkpoint layouts
 _OPENAI_BLOCK = {"ln_1": "norm1", "ln_2": "norm2", "attn.in_proj_weight": "attn.qkv.weight",
