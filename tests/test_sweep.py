@@ -105,3 +105,40 @@ def test_sweep_rejects_an_unknown_method(tmp_path, capsys):
 @pytest.mark.parametrize("row,key", [({"itm/img_r1": 1.0, "top1": 2.0}, "itm/img_r1"), ({"top1": 3.0}, "top1")])
 def test_metric_of_picks_the_task_metric(row, key):
     assert sweep.metric_of(row)[0] == key
+
+
+def test_variants_run_one_method_with_several_option_sets():
+    """--variants labels become sweep methods: each row carries its method and options, the cost counts them."""
+    variants = sweep.parse_variants('tome_spatial=tome_video:{"neighbourhood": "spatial"}; '
+                                    'tome_hybrid=tome_video:{"mode": "hybrid", "threshold": 0.5}')
+    assert variants == {"tome_spatial": ("tome_video", {"neighbourhood": "spatial"}),
+                        "tome_hybrid": ("tome_video", {"mode": "hybrid", "threshold": 0.5})}
+    methods = sweep.check_methods("none,tome,tome_spatial,tome_hybrid", variants)
+    calls = []
+
+    class Cost:
+        depth, num_tokens = 6, 288
+
+        def __call__(self, method, schedule, options=None):
+            calls.append((method, options))
+            return 1.0
+
+    settings = sweep.build_settings(methods, [("[72,36,18]", [72, 36, 18])], Cost(), [1.0], "front", variants)
+    rows = {s.name: s for s, _ in settings}
+    assert rows["tome_spatial [72,36,18]"].method == "tome_video"
+    assert rows["tome_spatial [72,36,18]"].method_options == {"neighbourhood": "spatial"}
+    assert sweep.method_label(rows["tome_hybrid [72,36,18]"]) == "tome_hybrid"
+    assert sweep.method_label(rows["tome [72,36,18]"]) == "tome"
+    assert ("tome_video", {"mode": "hybrid", "threshold": 0.5}) in calls  # budgets fitted with the variant's options
+    assert sweep.check_methods("all", variants)[-2:] == ["tome_spatial", "tome_hybrid"]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("spatial=tome_video:{neighbourhood: spatial}", "not JSON"),
+    ("tome=tome_video:{}", "is a method's name"),
+    ("x=nope:{}", "METHOD one of"),
+    ('x=tome_video:{"neighbourhood": "diagonal"}', "neighbourhood"),
+])
+def test_a_bad_variant_is_refused_in_one_line(text, says):
+    with pytest.raises(ValueError, match=says):
+        sweep.parse_variants(text)

@@ -1,15 +1,17 @@
 """Calibrate threshold mode (DyMU): per-block similarity thresholds that hit a target mean r on a split.
 
     python -m vidtldr_pl.calibrate --config configs/demo_umt.yaml --method vidtldr --target-r 72,36,18 \\
-        --out thresholds.json [--split val] [--max-clips 200] [--batch-size 50]
+        --out thresholds.json [--split val] [--max-clips 200]
 
 Every block of the target schedule merges, per batch, the r x B best pairs of the batch (DyMU's batch-level
 selection); the score of the best pair left unmerged is that batch's threshold, and a block's threshold is the mean
 over batches. A second pass runs the split with those thresholds (every pair above them merges, per video) and
 records the mean r each block achieved. Then use the file:
 
-    python evaluate.py --config configs/demo_umt.yaml --merge.method threshold --merge.r 72,36,18 \\
-        (method_options {"base": "vidtldr", "thresholds": "thresholds.json"} in a compare row)
+    python evaluate.py --config configs/demo_umt.yaml --merge.method threshold --merge.r [72,36,18] \\
+        --merge.method_options '{base: vidtldr, thresholds: thresholds.json}'
+
+(or method_options {base: vidtldr, thresholds: thresholds.json} in a compare row).
 """
 from __future__ import annotations
 

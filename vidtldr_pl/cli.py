@@ -91,6 +91,7 @@ def apply_merge_override(config: Any, stage: str) -> None:
     rows = list(config.get("compare") or [])
 
     if override.method is not None:
+        override.batching = override.batching or "pad"
         if override.r is None:
             override.r = next((node.r for node in merging + rows if node.method != "none" and node.r is not None),
                               None)
@@ -110,12 +111,15 @@ def apply_merge_override(config: Any, stage: str) -> None:
         config.compare = None
         return
 
+    if override.method_options is not None:
+        raise MergeOverrideError("--merge.method_options belongs to one method: give --merge.method with it")
     targets = [node for node in merging if node.method != "none"]
     if stage == "evaluate":
         targets += [row for row in rows if row.method != "none"]
     if not targets:
         where = "no TokenMerging callback" + ("" if stage == "fit" else ", no `compare` row that merges")
-        raise MergeOverrideError(f"--merge.r / --merge.layers: the config has no merging to change ({where}); "
+        raise MergeOverrideError(f"--merge.r / --merge.layers / --merge.batching: the config has no merging to "
+                                 f"change ({where}); "
                                  "give --merge.method too, e.g. --merge.method=vidtldr")
     for node in targets:
         node.update(Namespace(**override.given))

@@ -75,19 +75,52 @@ def loyalty_column(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
     return next(((k, h) for k, h in TABLE_KEYS if any(k in r for r in rows)), None)
 
 
-def check_methods(text: str) -> list[str]:
-    """The methods of ``--methods``: comma-separated names, ``all`` = none and every method of the table."""
+def parse_variants(text: str) -> dict[str, tuple[str, dict]]:
+    """``--variants``: ";"-separated ``LABEL=METHOD:{json options}`` -> {label: (method, options)}, e.g.
+    ``tome_spatial=tome_video:{"neighbourhood": "spatial"}``. A label then works in ``--methods`` like a method
+    name (``all`` adds every variant), so one method runs with several option sets in one sweep."""
+    from .merging import build_method
+
+    variants: dict[str, tuple[str, dict]] = {}
+    for item in (t.strip() for t in text.split(";")):
+        if not item:
+            continue
+        label, sep, rest = item.partition("=")
+        method, _, options = rest.partition(":")
+        label, method = label.strip(), method.strip()
+        if not sep or not label or method not in METHOD_NAMES:
+            raise ValueError(f"--variants {item!r}: expected LABEL=METHOD:{{json options}} with METHOD one of "
+                             f"{list(METHOD_NAMES)}")
+        if label == "none" or label in METHOD_NAMES:
+            raise ValueError(f"--variants {item!r}: the label {label!r} is a method's name; choose another")
+        try:
+            opts = json.loads(options) if options.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--variants {item!r}: the options are not JSON ({err.msg})") from None
+        if not isinstance(opts, dict):
+            raise ValueError(f"--variants {item!r}: the options must be a JSON object")
+        build_method(method, **opts)  # an unknown option fails here, before any evaluation
+        variants[label] = (method, opts)
+    return variants
+
+
+def check_methods(text: str, variants: dict[str, tuple[str, dict]] | None = None) -> list[str]:
+    """The methods of ``--methods``: comma-separated names or ``--variants`` labels, ``all`` = none, every method
+    of the table and every variant."""
+    variants = variants or {}
     if text.strip() == "all":
-        return ["none", *METHOD_NAMES]
+        return ["none", *METHOD_NAMES, *variants]
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m != "none" and m not in METHOD_NAMES]
+    unknown = [m for m in methods if m != "none" and m not in METHOD_NAMES and m not in variants]
     if unknown or not methods:
-        raise ValueError(f"--methods {text!r}: unknown {unknown}; choose from {['none', *METHOD_NAMES]}")
+        raise ValueError(f"--methods {text!r}: unknown {unknown}; choose from "
+                         f"{['none', *METHOD_NAMES, *variants]}")
     return methods
 
 
 def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], cost: FlopsCost,
-                   budgets: list[float] = (), family: str = "front") -> list[tuple[MergeSetting, str]]:
+                   budgets: list[float] = (), family: str = "front",
+                   variants: dict[str, tuple[str, dict]] | None = None) -> list[tuple[MergeSetting, str]]:
     """(setting, schedule label) for "none" once, then every schedule for every method (schedule-major, so that a
     sweep stopped early still compares all methods), then every budget for every method (the family's amplitude
     fitted to the budget with that method's own FLOPs). A method that reduces the input before the first block
@@ -95,21 +128,36 @@ def build_settings(methods: list[str], schedules: list[tuple[str, list[int]]], c
     from .explore.families import family_schedule, fit_amplitude
     from .merging import METHODS, MergeSetting
 
+    spec = {m: (variants or {}).get(m, (m, None)) for m in methods if m != "none"}  # label -> (method, options)
+
+    def setting(label: str, r: list[int] | None, name: str) -> MergeSetting:
+        method, options = spec[label]
+        return MergeSetting(method=method, r=r, method_options=options, name=name)
+
     out: list[tuple[MergeSetting, str]] = []
     if "none" in methods:
         out.append((MergeSetting(method="none", name="none"), "-"))
-    merging = [m for m in methods if m != "none" and METHODS[m].position != "input"]
-    out += [(MergeSetting(method=m, name=m), "-") for m in methods if m != "none" and METHODS[m].position == "input"]
+    merging = [m for m in spec if METHODS[spec[m][0]].position != "input"]
+    out += [(setting(m, None, m), "-") for m in spec if METHODS[spec[m][0]].position == "input"]
     for label, schedule in schedules:
         for method in merging:
-            out.append((MergeSetting(method=method, r=schedule, name=f"{method} {label}"), label))
+            out.append((setting(method, schedule, f"{method} {label}"), label))
     for budget in budgets:
         for method in merging:
             r, schedule, g = fit_amplitude(lambda a: family_schedule(family, a, cost.depth),
-                                           lambda s: cost(method, s), budget, cost.num_tokens // 2)
+                                           lambda s: cost(spec[method][0], s, spec[method][1]), budget,
+                                           cost.num_tokens // 2)
             label = f"{family}:{r} (<= {budget:g} GFLOPs)"
-            out.append((MergeSetting(method=method, r=schedule, name=f"{method} {label}"), label))
+            out.append((setting(method, schedule, f"{method} {label}"), label))
     return out
+
+
+def method_label(setting: MergeSetting) -> str:
+    """What a sweep row calls its method: the method, or the ``--variants`` label for one with options (the
+    setting's name up to the schedule)."""
+    if not setting.method_options:
+        return setting.method
+    return (setting.name or setting.method).split(" ")[0]
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str, label: str) -> str:
@@ -148,6 +196,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                 allow_abbrev=False)
     p.add_argument("--methods", default="none,tome,vidtldr,random_drop,saliency_drop",
                    help=f"comma-separated methods: none and any of {list(METHOD_NAMES)}; all: every one")
+    p.add_argument("--variants", default="", help='";"-separated LABEL=METHOD:{json options}, e.g. '
+                   '\'tome_spatial=tome_video:{"neighbourhood": "spatial"}\'; each LABEL is then a method of --methods')
     p.add_argument("--schedules", default="front:24,48,72,96,120,144",
                    help='";"-separated explicit lists ([72,36,18]) or families (front:24,48 constant:8 delayed:24@2)')
     p.add_argument("--budgets-gflops", default="", help="comma-separated GFLOPs budgets; each method's --family "
@@ -163,6 +213,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--loyalty-max-mb", type=float, default=2048.0, help="most memory (MiB) the unmerged row's "
                    "per-video outputs may take for loyalty (above it: no loyalty, warned)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--append", action="store_true", help="add this run's points to the sweep.json already in --out "
+                   "(the same config, split and clips; the unmerged reference is evaluated again for loyalty and not "
+                   "added twice), then rewrite the table and the plot")
     p.add_argument("--replot", action="store_true", help="only redraw sweep.md and the plot from <out>/sweep.json")
     p.add_argument("--plot", default=None, help="path stem of the plot (<stem>.png / .svg; default <out>/pareto)")
     return p.parse_known_args(argv)
@@ -202,7 +255,8 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     from .merging import MergeSetting
 
     t_start = time.perf_counter()
-    methods = check_methods(args.methods)
+    variants = parse_variants(args.variants)
+    methods = check_methods(args.methods, variants)
     if args.no_loyalty and any((m or "").startswith("loyalty/") for m in (args.metric, args.loyalty_metric)):
         raise ValueError(f"--metric {args.metric!r} / --loyalty-metric {args.loyalty_metric!r}: loyalty is off "
                          "(--no-loyalty)")
@@ -211,7 +265,7 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     cost = FlopsCost(model)
     schedules = parse_schedules(args.schedules, cost.depth) if args.schedules.strip() else []
     budgets = [float(b) for b in args.budgets_gflops.split(",") if b.strip()]
-    settings = build_settings(methods, schedules, cost, budgets, args.family)
+    settings = build_settings(methods, schedules, cost, budgets, args.family, variants)
     loyalty = None if args.no_loyalty else LoyaltyReference(args.loyalty_max_mb)
     if loyalty is not None and isinstance(model, LoyaltyTask) and not any(is_reference(s) for s, _ in settings):
         settings.insert(0, (MergeSetting(method="none", name=REFERENCE_NAME), "-"))
@@ -226,7 +280,8 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     for k, (setting, label) in enumerate(settings):
         t0 = time.perf_counter()
         row = evaluate_runs(trainer, model, data, [setting], split, loyalty)[0]
-        row.update(schedule_label=label, method=setting.method, name=setting.label, r=setting.r,
+        row.update(schedule_label=label, method=method_label(setting), name=setting.label, r=setting.r,
+                   method_options=setting.method_options,
                    seconds=round(time.perf_counter() - t0, 2))
         rows.append(row)
         key, metric_label = metric_of(row, args.metric)
@@ -247,6 +302,8 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
           + (f" ({expected} clips in the split: each decoded once)" if expected is not None else ""), flush=True)
     meta.update(decoded_clips=clips, split_clips=expected, seconds=round(time.perf_counter() - t_start, 1),
                 metric=key, loyalty_reference=loyalty.name if loyalty else None)
+    if args.append:
+        rows = appended(out / "sweep.json", rows, split, clips)
     write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
     (out / "sweep.md").write_text(markdown_table(rows, key, metric_label))
     plot = Path(args.plot) if args.plot else out / "pareto"
@@ -257,6 +314,21 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {plot}.png, {plot}.svg "
           f"in {meta['seconds']:.0f} s", flush=True)
     return {"rows": rows, **meta}
+
+
+def appended(path: Path, rows: list[dict[str, Any]], split: str, clips: int) -> list[dict[str, Any]]:
+    """The rows of an earlier sweep.json followed by this run's, less the unmerged rows the earlier run already
+    has. A ValueError when the earlier sweep ran on another split or number of clips (its points would not compare)."""
+    if not path.is_file():
+        return rows
+    payload = json.loads(path.read_text())
+    meta = (payload.get("config") or {}).get("sweep", {})
+    if meta.get("split") != split or meta.get("decoded_clips") != clips:
+        raise ValueError(f"--append: {path} was swept on the {meta.get('split')} split with "
+                         f"{meta.get('decoded_clips')} clips, this run on the {split} split with {clips}")
+    earlier = payload["runs"]
+    have_reference = any(r.get("method") == "none" for r in earlier)
+    return earlier + [r for r in rows if not (have_reference and r.get("method") == "none")]
 
 
 def _split_size(datamodule: Any, split: str) -> int | None:

@@ -33,6 +33,11 @@ class FrameViTEncoder(ViTEncoder):
         s = self.cfg.img_size
         return torch.zeros(batch_size, 3, self.video_frames, s, s, device=device)
 
+    def token_grid(self, video: Tensor) -> TokenGrid:
+        """The TokenGrid of a clip (B, 3, T, H, W): frame-wise rows of prefix + (W / patch)^2 tokens, T frames."""
+        return TokenGrid(frames=video.shape[2], per_frame=(video.shape[-1] // self.cfg.patch_size) ** 2,
+                         prefix=self.num_prefix_tokens, framewise=True)
+
     def forward(self, video: Tensor, state: MergeState | None = None) -> Tensor:
         """video: (B, 3, T, H, W) -> (B x T, N', D) after the final norm (identity for CLIP: ln_post is the model's).
         An input reduction runs on the clip: frame_stride leaves B x T' rows, resize smaller frames, RLT compares
@@ -46,8 +51,7 @@ class FrameViTEncoder(ViTEncoder):
         b, c, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, c, 1, h, w)
         if state.grid is None:
-            state.grid = TokenGrid(frames=t, per_frame=(w // self.cfg.patch_size) ** 2, prefix=self.num_prefix_tokens,
-                                   framewise=True)
+            state.grid = self.token_grid(video)
         return self.run_blocks(self.embed_input(frames, state, rows_video=video), state)
 
 

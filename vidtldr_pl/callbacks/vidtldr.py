@@ -23,7 +23,7 @@ class TokenMerging(Callback):
     """Patch the LightningModule's backbone with one MergeSetting (``self.setting``, through ``apply_merge``).
 
     Args:
-        method: "vidtldr", "tome", "random" or "none".
+        method: any name in ``merging.METHODS`` (docs/methods.md) or "none".
         r: per-block list (e.g. [600, 200, 100]), or one count / fraction applied at ``layers``.
         layers: block indices for a single r (None: every block, as ToMe).
         trace_source: keep which input patches each token holds (for visualisation; costs memory).
@@ -34,6 +34,7 @@ class TokenMerging(Callback):
         target: attribute path of the module to patch (e.g. "model.vision_encoder"); default: the whole
             LightningModule (every mergeable encoder in it).
         name: a label for results tables (default: the method).
+        batching: "pad" or "pack": how rows of different token counts (threshold mode, RLT) share a batch.
 
     ``TokenMerging(**vars(setting), target=...)`` builds the callback of a MergeSetting.
     """
@@ -48,10 +49,12 @@ class TokenMerging(Callback):
         method_options: dict | None = None,
         target: str | None = None,
         name: str | None = None,
+        batching: str = "pad",
     ) -> None:
         super().__init__()
         self.setting = MergeSetting(method=method, r=r, layers=layers, attention=attention,
-                                    method_options=method_options, trace_source=trace_source, name=name).check()
+                                    method_options=method_options, trace_source=trace_source, name=name,
+                                    batching=batching).check()
         self.target = target
 
     def _target(self, pl_module: pl.LightningModule) -> nn.Module:

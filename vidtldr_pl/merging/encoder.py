@@ -48,6 +48,7 @@ class MergeSettings:
     method: MergeMethod | None = None
     schedule: tuple[RValue, ...] = ()
     trace_source: bool = False
+    batching: str = "pad"
 
 
 class MergeableEncoder(nn.Module):
@@ -66,7 +67,8 @@ class MergeableEncoder(nn.Module):
         method = settings.method
         prop = method.proportional_attention if method is not None else True
         shift = method.needs_shift if method is not None else False
-        return MergeState(trace_source=settings.trace_source, proportional_attention=prop, record_shift=shift)
+        return MergeState(trace_source=settings.trace_source, proportional_attention=prop, record_shift=shift,
+                          batching=settings.batching)
 
     @property
     def num_tokens(self) -> int | None:

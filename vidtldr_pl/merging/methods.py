@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .matching import (
     MERGE_OPS, DropPlan, MergePlan, bipartite_soft_matching, drop_lowest, even_gather, keep_tokens, merge_mlerp,
@@ -95,6 +95,11 @@ class MergeMethod(ABC):
         if state.source is not None:
             state.source = merge_tokens(plan, state.source, mode="amax")
         return x
+
+    def for_encoder(self, encoder: nn.Module) -> "MergeMethod":
+        """This method as ``patch`` installs it in encoder: self, unless an option depends on the encoder (e.g.
+        PiToMe's margin schedule on its depth), then a configured copy."""
+        return self
 
     def tokens_removed(self, r: int, grid: TokenGrid | None) -> int:
         """Tokens this method removes when asked for r (already capped by ``effective_r``) on tokens tiled as grid:

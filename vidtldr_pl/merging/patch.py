@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .encoder import LayerMerge, MergeableEncoder, MergeSettings, find_mergeable
 from .methods import MergeMethod, build_method
 from .schedule import RValue, build_schedule
+from .state import BATCHING_MODES
 
 
 def patch(
@@ -23,6 +24,7 @@ def patch(
     r: RValue | Sequence[RValue] | str | None = None,
     layers: Sequence[int] | None = None,
     trace_source: bool = False,
+    batching: str = "pad",
     **method_kwargs: object,
 ) -> nn.Module:
     """Insert a merge method into every MergeableEncoder of model, in place; returns model.
@@ -30,7 +32,11 @@ def patch(
     r: per-block list (e.g. [600, 200, 100]), or one count / fraction at ``layers`` (all blocks if None).
     Each encoder's ``num_prefix_tokens`` (CLS) are protected (``protected`` is raised to it, never lowered).
     method "none" or r all zero removes merging. Raises ScheduleError for an r that does not fit the depth.
+    batching: how rows of different token counts (threshold mode, RLT) share a batch: "pad" (padding at the end of
+    each row, masked) or "pack" (the rows concatenated into one, block-diagonal attention); the same outputs.
     """
+    if batching not in BATCHING_MODES:
+        raise ValueError(f"unknown batching {batching!r}; choose one of {BATCHING_MODES}")
     merge_method = build_method(method, **method_kwargs)
     encoders = find_mergeable(model)
     from .input_reduction import is_input_method  # here, so that its methods register in the package's import order
@@ -46,19 +52,19 @@ def patch(
             _clear(encoder)
             encoder_method = copy.copy(merge_method)
             encoder_method.protected = max(encoder_method.protected, encoder.num_prefix_tokens)
-            encoder.merge_settings = MergeSettings(encoder_method, (0,) * len(encoder.blocks), trace_source)
+            encoder.merge_settings = MergeSettings(encoder_method, (0,) * len(encoder.blocks), trace_source, batching)
             continue
         if merge_method is None or not any(schedule):
             _clear(encoder)
             continue
-        encoder_method = merge_method
+        encoder_method = merge_method.for_encoder(encoder)
         prefix = encoder.num_prefix_tokens
         if encoder_method.protected < prefix:  # the encoder's CLS tokens are protected without the user saying so
-            encoder_method = copy.copy(merge_method)
+            encoder_method = copy.copy(encoder_method)
             encoder_method.protected = prefix
         for block, r_block in zip(encoder.blocks, schedule):
             block.merge = LayerMerge(encoder_method, r_block) if r_block else None
-        encoder.merge_settings = MergeSettings(encoder_method, tuple(schedule), trace_source)
+        encoder.merge_settings = MergeSettings(encoder_method, tuple(schedule), trace_source, batching)
     return model
 
 

@@ -6,11 +6,13 @@ Westlake-AI/OpenToMe ``opentome/tome/pitome.py``.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .matching import MergePlan, bipartite_soft_matching, merge_tokens
 from .methods import MergeMethod, register_method
@@ -58,7 +60,8 @@ class PiToMe(MergeMethod):
         matching merges the r best pairs. Their DeiT patch uses "bsm" in the first half of the blocks and "pitome"
         after, their MAE patch the reverse; pick one here.
     margin: a number (every block), or None: their per-block schedule 0.75 - 0.75 i / depth for block i (the
-    blocks run so far); depth: the encoder's block count for that schedule (12: ViT-B, their models; pass yours).
+    blocks run so far); depth: the block count of that schedule (None: the encoder's, set by ``patch`` through
+    ``for_encoder``; 12, ViT-B as in their models, when the method runs outside an encoder).
     alpha: the ELU's alpha (theirs: 1.0). metric: "keys" (head-mean keys, theirs) or "hidden".
     proportional_attention: False by default, as their patches (``prop_attn=False``). Rows of different counts run
     group by group (``merging.rows``). The grid is lost (merges cross frames) except on rows of one frame.
@@ -67,7 +70,7 @@ class PiToMe(MergeMethod):
     name = "pitome"
     needs_attention = True
 
-    def __init__(self, margin: float | None = None, depth: int = 12, alpha: float = 1.0, matching: str = "pitome",
+    def __init__(self, margin: float | None = None, depth: int | None = None, alpha: float = 1.0, matching: str = "pitome",
                  metric: str = "keys", proportional_attention: bool = False, protected: int = 0,
                  merge_op: str = "mean") -> None:
         super().__init__(proportional_attention, protected, merge_op)
@@ -75,7 +78,7 @@ class PiToMe(MergeMethod):
             raise ValueError(f"unknown pitome matching {matching!r}; choose one of {MATCHINGS}")
         if metric not in ("keys", "hidden"):
             raise ValueError(f"pitome metric must be 'keys' or 'hidden', got {metric!r}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise ValueError(f"pitome depth must be a positive number of blocks, got {depth!r}")
         if margin is not None and not -1.0 <= float(margin) <= 1.0:
             raise ValueError(f"pitome margin must be a cosine in [-1, 1] or None, got {margin!r}")
@@ -85,7 +88,15 @@ class PiToMe(MergeMethod):
 
     def margin_at(self, layer: int) -> float:
         """The margin of block ``layer`` (0-based)."""
-        return float(self.margin) if self.margin is not None else 0.75 - 0.75 * layer / self.depth
+        return float(self.margin) if self.margin is not None else 0.75 - 0.75 * layer / (self.depth or 12)
+
+    def for_encoder(self, encoder: nn.Module) -> "PiToMe":
+        """This method with ``depth`` set to the encoder's block count when it was left None."""
+        if self.depth is not None:
+            return self
+        bound = copy.copy(self)
+        bound.depth = len(encoder.blocks)
+        return bound
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> OrderedPlan:
         """x: (B, N, C) -> an OrderedPlan removing r tokens (applied by ``__call__``)."""

@@ -66,7 +66,10 @@ class QAVisionEncoder(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> all tokens (B, N', D)."""
-        return self.encoder(video, self.encoder.new_merge_state())  # the state passed: EncoderStats reads it
+        state = self.encoder.new_merge_state()  # passed, not left to the encoder: EncoderStats reads it
+        tokens = self.encoder(video, state)
+        state.refuse_padding("UMT-QA's question encoder and answer decoder")
+        return tokens
 
 
 class PredictionTransform(nn.Module):
