@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 SPLITS = ("val", "test")
 
@@ -43,7 +43,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def encode(task: Any, video: Tensor) -> None:
     """Run the task's video encoder on a batch's video (B, T, 3, H, W) as its evaluation does."""
     model = task.model
-    if hasattr(model, "encode_vision"):
+    vision = getattr(model, "vision_encoder", None)
+    if isinstance(vision, nn.Module):  # UMT / UMT-QA: the vision tower alone (its fusion layers refuse padded rows,
+        vision(video.permute(0, 2, 1, 3, 4))  # and the thresholds depend on the merges only)
+    elif hasattr(model, "encode_vision"):
         model.encode_vision(video)
     else:
         task(video)

@@ -64,8 +64,11 @@ class UMT(nn.Module):
         self._register_load_state_dict_pre_hook(_temp_from_scalar)
 
     def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        """video: (B, T, 3, H, W) -> (tokens (B, N', Dv) for ITM, pooled (B, Dv))."""
-        return self.vision_encoder(video.permute(0, 2, 1, 3, 4))
+        """video: (B, T, 3, H, W) -> (tokens (B, N', Dv) for ITM, pooled (B, Dv)). Rows of different token counts
+        (rlt, threshold mode) are refused in one line: the fusion layers have no mask for their padding."""
+        tokens, pooled, state = self.vision_encoder(video.permute(0, 2, 1, 3, 4), return_state=True)
+        state.refuse_padding("UMT's fusion layers (ITM re-ranking)")
+        return tokens, pooled
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, L) ids and mask -> text-only hidden states (B, L, Dt)."""

@@ -66,10 +66,7 @@ class QAVisionEncoder(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         """video: (B, 3, T, H, W) -> all tokens (B, N', D)."""
-        state = self.encoder.new_merge_state()  # passed, not left to the encoder: EncoderStats reads it
-        tokens = self.encoder(video, state)
-        state.refuse_padding("UMT-QA's question encoder and answer decoder")
-        return tokens
+        return self.encoder(video, self.encoder.new_merge_state())  # the state passed: EncoderStats reads it
 
 
 class PredictionTransform(nn.Module):
@@ -162,7 +159,10 @@ class UMTQA(nn.Module):
     def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """video (B, T, 3, H, W) -> (all tokens (B, N', Dv), their unweighted mean (B, Dv)); the question encoder
         reads the tokens."""
-        tokens = self.vision_encoder(video.permute(0, 2, 1, 3, 4))
+        encoder = self.vision_encoder.encoder
+        state = encoder.new_merge_state()
+        tokens = encoder(video.permute(0, 2, 1, 3, 4), state)
+        state.refuse_padding("UMT-QA's question encoder and answer decoder")
         return tokens, tokens.mean(dim=1)
 
     def encode_question(self, video_tokens: Tensor, q_ids: Tensor, q_mask: Tensor) -> Tensor:

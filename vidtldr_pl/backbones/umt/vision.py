@@ -45,6 +45,5 @@ class VisionTransformer(nn.Module):
         """
         state = self.encoder.new_merge_state()
         tokens = self.encoder(video, state)
-        state.refuse_padding("UMT's fusion layers (ITM re-ranking)")
         pooled = self.pool_norm(state.mean_pool(tokens))  # tokens.mean(dim=1) unless rows hold different counts
         return (tokens, pooled, state) if return_state else (tokens, pooled)
