@@ -142,3 +142,19 @@ def test_variants_run_one_method_with_several_option_sets():
 def test_a_bad_variant_is_refused_in_one_line(text, says):
     with pytest.raises(ValueError, match=says):
         sweep.parse_variants(text)
+
+
+def test_append_keeps_the_earlier_points_and_one_reference(tmp_path):
+    """--append: the earlier rows first, this run's after them, its unmerged reference not added twice; a sweep on
+    another split or number of clips is refused."""
+    earlier = {"runs": [{"method": "none", "name": "none"}, {"method": "tome", "name": "tome [8]"}],
+               "config": {"sweep": {"split": "test", "decoded_clips": 12}}}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(earlier))
+    loaded = sweep.read_sweep(path)
+    new = [{"method": "none", "name": "none (loyalty reference)"}, {"method": "thr", "name": "thr [8]"}]
+    assert [r["name"] for r in sweep.appended(loaded, new)] == ["none", "tome [8]", "thr [8]"]
+    assert sweep.appended(None, new) == new
+    sweep.check_comparable(loaded, path, "test", 12)
+    with pytest.raises(ValueError, match="12 clips"):
+        sweep.check_comparable(loaded, path, "test", 10)

@@ -271,6 +271,7 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
         settings.insert(0, (MergeSetting(method="none", name=REFERENCE_NAME), "-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = read_sweep(out / "sweep.json") if args.append else None  # read before this run rewrites the file
     data = CachedEvalDataModule(cli.datamodule)
     split = args.split
     print(f"sweep: {len(settings)} points ({', '.join(methods)}) on the {split} split -> {out}", flush=True)
@@ -293,7 +294,8 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
               f"{data.decoded.get(split, 0)}", flush=True)
         meta.update(decoded_clips=data.decoded.get(split, 0), evaluations=data.loads.get(split, 0),
                     seconds=round(time.perf_counter() - t_start, 1))
-        write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
+        write_results(appended(earlier, rows), out / "sweep.json",
+                      {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
 
     key, metric_label = metric_of(rows[0], args.metric)
     clips = data.decoded.get(split, 0)
@@ -302,8 +304,9 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
           + (f" ({expected} clips in the split: each decoded once)" if expected is not None else ""), flush=True)
     meta.update(decoded_clips=clips, split_clips=expected, seconds=round(time.perf_counter() - t_start, 1),
                 metric=key, loyalty_reference=loyalty.name if loyalty else None)
-    if args.append:
-        rows = appended(out / "sweep.json", rows, split, clips)
+    if earlier is not None:
+        check_comparable(earlier, out / "sweep.json", split, clips)
+        rows = appended(earlier, rows)
     write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
     (out / "sweep.md").write_text(markdown_table(rows, key, metric_label))
     plot = Path(args.plot) if args.plot else out / "pareto"
@@ -316,19 +319,26 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     return {"rows": rows, **meta}
 
 
-def appended(path: Path, rows: list[dict[str, Any]], split: str, clips: int) -> list[dict[str, Any]]:
-    """The rows of an earlier sweep.json followed by this run's, less the unmerged rows the earlier run already
-    has. A ValueError when the earlier sweep ran on another split or number of clips (its points would not compare)."""
-    if not path.is_file():
+def read_sweep(path: Path) -> dict[str, Any] | None:
+    """An earlier sweep.json (for ``--append``), None when there is none yet."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def appended(earlier: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of an earlier sweep.json followed by this run's, less the unmerged rows the earlier run has."""
+    if earlier is None:
         return rows
-    payload = json.loads(path.read_text())
-    meta = (payload.get("config") or {}).get("sweep", {})
+    before = earlier["runs"]
+    have_reference = any(r.get("method") == "none" for r in before)
+    return before + [r for r in rows if not (have_reference and r.get("method") == "none")]
+
+
+def check_comparable(earlier: dict[str, Any], path: Path, split: str, clips: int) -> None:
+    """A ValueError when the earlier sweep ran on another split or number of clips (its points would not compare)."""
+    meta = (earlier.get("config") or {}).get("sweep", {})
     if meta.get("split") != split or meta.get("decoded_clips") != clips:
         raise ValueError(f"--append: {path} was swept on the {meta.get('split')} split with "
                          f"{meta.get('decoded_clips')} clips, this run on the {split} split with {clips}")
-    earlier = payload["runs"]
-    have_reference = any(r.get("method") == "none" for r in earlier)
-    return earlier + [r for r in rows if not (have_reference and r.get("method") == "none")]
 
 
 def _split_size(datamodule: Any, split: str) -> int | None:

@@ -175,10 +175,11 @@ class EncoderStats(Callback):
             "tokens_per_layer": meter.tokens_per_layer,
             "videos_per_s": meter.videos / meter.seconds if meter.seconds > 0 else None,
         }
-        report = meter.flops() if self.flops else None
+        varied = bool(meter.row_counts) and not meter.foreign  # per-video counts: counted per video below
+        report = meter.flops() if self.flops and not varied else None
         if report is not None:
             results.update(gflops=report.gflops, merge_gmacs=report.merge_gmacs)
-        if meter.row_counts and not meter.foreign:  # videos kept different counts: per video mean / min / max
+        if varied:  # videos kept different token counts (threshold mode): per video mean / min / max
             per_video = row_flops(meter.encoder, torch.cat(meter.row_counts, dim=1), video_shape=meter.input_shape) \
                 if self.flops else None
             counts = torch.cat(meter.row_counts, dim=1).double()
