@@ -126,6 +126,24 @@ def check_prefix_protected(model: nn.Module) -> None:
     unpatch(model)
 
 
+def check_methods_off(model: nn.Module) -> None:
+    """Every block method of the table at r = 0 leaves the encoder's output bit for bit the unmerged one (the input
+    reductions do not use r: method "none" is their off)."""
+    enc = _encoder(model).eval()
+    video = torch.randn_like(enc.example_input(2))
+    unpatch(model)
+    with torch.no_grad():
+        plain, _ = _run(enc, video)
+        for method, cls in METHODS.items():
+            if cls.position == "input":
+                continue
+            apply_merge(model, MergeSetting(method=method, r=[0] * len(enc.blocks)))
+            out, state = _run(enc, video)
+            assert torch.equal(out, plain), f"{method} at r = 0 changed the output"
+            assert state.tokens_per_layer == [enc.num_tokens] * len(enc.blocks), method
+    unpatch(model)
+
+
 def check_flops(model: nn.Module) -> None:
     """The FLOPs report runs, and merging lowers the count."""
     enc = _encoder(model)
@@ -262,5 +280,6 @@ CHECKS = {
     "explicit_equals_fused": check_explicit_equals_fused,
     "gradients": check_gradients,
     "prefix_protected": check_prefix_protected,
+    "methods_off": check_methods_off,
     "flops": check_flops,
 }

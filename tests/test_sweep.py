@@ -158,3 +158,16 @@ def test_append_keeps_the_earlier_points_and_one_reference(tmp_path):
     sweep.check_comparable(loaded, path, "test", 12)
     with pytest.raises(ValueError, match="12 clips"):
         sweep.check_comparable(loaded, path, "test", 10)
+
+
+def test_append_keeps_the_first_runs_provenance():
+    """After --append, sweep.json's meta is the first run's, with each appended run's options listed under it."""
+    class Cli:
+        config = {"model": "x"}
+
+    earlier = {"runs": [], "config": {"sweep": {"split": "test", "methods": "tome"}, "config": {"model": "x"}}}
+    once = sweep.provenance(earlier, {"methods": "thr"}, Cli())
+    assert once["sweep"]["methods"] == "tome" and once["sweep"]["appended"] == [{"methods": "thr"}]
+    twice = sweep.provenance({"runs": [], "config": once}, {"methods": "rlt"}, Cli())
+    assert [a["methods"] for a in twice["sweep"]["appended"]] == ["thr", "rlt"]
+    assert sweep.provenance(None, {"methods": "tome"}, Cli())["sweep"] == {"methods": "tome"}

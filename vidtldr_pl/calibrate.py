@@ -8,8 +8,8 @@ selection); the score of the best pair left unmerged is that batch's threshold, 
 over batches. A second pass runs the split with those thresholds (every pair above them merges, per video) and
 records the mean r each block achieved. Then use the file:
 
-    python evaluate.py --config configs/demo_umt.yaml --merge.method threshold --merge.r [72,36,18] \\
-        --merge.method_options '{base: vidtldr, thresholds: thresholds.json}'
+    python evaluate.py --config configs/demo_umt.yaml --merge.method=threshold --merge.r=[72,36,18] \\
+        --merge.method_options='{base: vidtldr, thresholds: thresholds.json}' --data.init_args.eval_batch_size=1
 
 (or method_options {base: vidtldr, thresholds: thresholds.json} in a compare row).
 """

@@ -246,7 +246,7 @@ def write_plot(rows: list[dict[str, Any]], key: str, label: str, stem: Path, tit
 
 def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any]:
     """Build the config's model / data / trainer, decode the split once, evaluate every point; write the outputs."""
-    from .cli import _plain, build_cli
+    from .cli import build_cli
     from .preflight import resolve_config_args
     from .compare import (REFERENCE_NAME, LoyaltyReference, LoyaltyTask, evaluate_runs, format_speed, is_reference,
                           print_results, write_results)
@@ -294,8 +294,7 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
               f"{data.decoded.get(split, 0)}", flush=True)
         meta.update(decoded_clips=data.decoded.get(split, 0), evaluations=data.loads.get(split, 0),
                     seconds=round(time.perf_counter() - t_start, 1))
-        write_results(appended(earlier, rows), out / "sweep.json",
-                      {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
+        write_results(appended(earlier, rows), out / "sweep.json", provenance(earlier, {**vars(args), **meta}, cli))
 
     key, metric_label = metric_of(rows[0], args.metric)
     clips = data.decoded.get(split, 0)
@@ -307,7 +306,7 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     if earlier is not None:
         check_comparable(earlier, out / "sweep.json", split, clips)
         rows = appended(earlier, rows)
-    write_results(rows, out / "sweep.json", {"sweep": {**vars(args), **meta}, "config": _plain(cli.config)})
+    write_results(rows, out / "sweep.json", provenance(earlier, {**vars(args), **meta}, cli))
     (out / "sweep.md").write_text(markdown_table(rows, key, metric_label))
     plot = Path(args.plot) if args.plot else out / "pareto"
     write_plot(rows, key, metric_label, plot, f"{metric_label} vs GFLOPs ({split} split, {clips} clips)",
@@ -317,6 +316,18 @@ def run_sweep(args: argparse.Namespace, config_argv: list[str]) -> dict[str, Any
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'}, {plot}.png, {plot}.svg "
           f"in {meta['seconds']:.0f} s", flush=True)
     return {"rows": rows, **meta}
+
+
+def provenance(earlier: dict[str, Any] | None, this_run: dict[str, Any], cli: Any) -> dict[str, Any]:
+    """The ``sweep`` / ``config`` entries of sweep.json: this run's; after ``--append`` the earlier run's, with this
+    run's options and timing listed under ``sweep.appended``."""
+    from .cli import _plain
+
+    if earlier is None:
+        return {"sweep": this_run, "config": _plain(cli.config)}
+    first = (earlier.get("config") or {}).get("sweep", {})
+    return {"sweep": {**first, "appended": [*first.get("appended", []), this_run]},
+            "config": (earlier.get("config") or {}).get("config")}
 
 
 def read_sweep(path: Path) -> dict[str, Any] | None:

@@ -109,13 +109,14 @@ class MergeState:
         n = self.size.shape[1] if self.size is not None else int(self.count.max())
         return torch.arange(n, device=self.count.device)[None, :] >= self.count[:, None]
 
-    def refuse_padding(self, reader: str) -> None:
+    def refuse_padding(self, reader: str, remedy: str = "need batch size 1 here (evaluation: "
+                       "--data.init_args.eval_batch_size=1)") -> None:
         """A ValueError when rows hold padding (per-video counts that differ within the batch) and ``reader``, the
-        module about to read every token, has no mask for it."""
+        module about to read every token, has no mask for it; ``remedy`` ends the line."""
         pad = self.padding_mask()
         if pad is not None and bool(pad.any()):
             raise ValueError(f"{reader} reads every video token and has no mask for padding: per-video token counts "
-                             "(rlt, threshold mode) need batch size 1 here (--data.init_args.batch_size=1)")
+                             f"(rlt, threshold mode) {remedy}")
 
     def init_source(self, x: Tensor) -> None:
         """Start source tracing at the current tokens: identity (B, N, N) in float32."""

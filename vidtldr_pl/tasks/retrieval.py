@@ -330,6 +330,11 @@ class RetrievalTask(VideoTask):
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
         video, index = batch["video"], batch["video_index"]
         tokens, pooled = self.model.encode_vision(video)
+        if self._video_tokens and tokens.shape[1] != self._video_tokens[0].shape[1] and \
+                isinstance(self.model, FusionModel):
+            raise ValueError(f"the videos reach the ITM re-ranking with {self._video_tokens[0].shape[1]} and "
+                             f"{tokens.shape[1]} tokens: per-video token counts (rlt, threshold mode) are not supported "
+                             "with a fusion model's ITM re-ranking yet (its fusion layers take no video mask)")
         itc = self.model.vision_embed(pooled)
         self._video_index.append(index.detach().long().cpu())
         self._video_itc.append(itc.detach())

@@ -19,6 +19,10 @@ from .checkpoint import load_umt_checkpoint
 from .text import TextEncoderConfig, UMTTextEncoder
 from .vision import VisionConfig, VisionTransformer
 
+#: why UMT retrieval refuses per-video token counts (its ITM fusion layers would read padding or unequal rows)
+NO_PER_VIDEO_COUNTS = ("are not supported with UMT's ITM re-ranking yet (its fusion layers take no video mask): use "
+                       "them with classification or dual-encoder retrieval (VideoMAE, ViFi-CLIP)")
+
 
 @dataclass
 class UMTConfig:
@@ -65,9 +69,10 @@ class UMT(nn.Module):
 
     def encode_vision(self, video: Tensor) -> tuple[Tensor, Tensor]:
         """video: (B, T, 3, H, W) -> (tokens (B, N', Dv) for ITM, pooled (B, Dv)). Rows of different token counts
-        (rlt, threshold mode) are refused in one line: the fusion layers have no mask for their padding."""
+        (rlt, threshold mode) are refused in one line: the fusion layers have no mask for their padding (and the
+        retrieval task refuses videos of different counts across batches, ``RetrievalTask``)."""
         tokens, pooled, state = self.vision_encoder(video.permute(0, 2, 1, 3, 4), return_state=True)
-        state.refuse_padding("UMT's fusion layers (ITM re-ranking)")
+        state.refuse_padding("UMT's fusion layers (ITM re-ranking)", NO_PER_VIDEO_COUNTS)
         return tokens, pooled
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
