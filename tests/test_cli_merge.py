@@ -88,9 +88,20 @@ def test_merge_method_replaces_compare_rows_and_callback():
     assert _merging(stacked) == [("vidtldr", [300, 100], None)]
 
 
+def test_merge_method_options_and_batching_reach_the_callback():
+    """--merge.method_options / --merge.batching travel with --merge.method into the one TokenMerging setting."""
+    config = _parsed("evaluate", "--config", str(config_dir() / "demo_videomae.yaml"), "--merge.method=tome_video",
+                     "--merge.method_options={mode: hybrid, neighbourhood: spatial}", "--merge.batching=pack")
+    (cb,) = [cb.init_args for cb in config.trainer.callbacks if cb.class_path.endswith("TokenMerging")]
+    assert cb.method == "tome_video" and cb.method_options == {"mode": "hybrid", "neighbourhood": "spatial"}
+    assert cb.batching == "pack" and config.compare is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--merge.r=[8]"], "the config has no merging to change (no TokenMerging callback)"),
     (["--merge.method=tomato", "--merge.r=[8]"], "--merge.method=tomato: unknown merge method"),
+    (["--merge.method=tome", "--merge.r=[8]", "--merge.method_options={mode: hybrid}"], "mode"),
+    (["--merge.method=tome", "--merge.r=[8]", "--merge.batching=zip"], "unknown batching 'zip'"),
 ])
 def test_merge_errors_are_one_line(args, message, capsys):
     # train.py on the demo: its comparison rows do not train, and it has no TokenMerging callback

@@ -6,6 +6,7 @@ Adding a method (pruning, random merge, ...) is one class.
 """
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 
 import torch
@@ -410,4 +411,12 @@ def build_method(method: str | MergeMethod, **kwargs: object) -> MergeMethod | N
     by_key = {_key(name): cls for name, cls in METHODS.items()}
     if key not in by_key:
         raise ValueError(f"unknown merge method {method!r}; choose one of {['none', *METHODS]}")
-    return by_key[key](**kwargs)
+    cls = by_key[key]
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params) - {"self"})
+        if unknown:
+            options = sorted(set(params) - {"self"})
+            raise ValueError(f"merge method {cls.name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                             f"{options}")
+    return cls(**kwargs)
