@@ -119,11 +119,21 @@ def test_time_guard_skips_the_rest(wall_clock):
     (["--batch", "0"], "--batch 0"),
     (["--model", "nope"], "--model 'nope'"),
 ])
-def test_bad_options_one_line_exit_2(args, message, tmp_path):
-    proc = _run("--quick", *args, cwd=tmp_path)
+def test_bad_options_one_line_exit_2(args, message, wall_clock, capsys):
+    """In this process (main, as the script's entry point calls it); the subprocess path is the test below."""
+    with pytest.raises(SystemExit) as exit_info:
+        wall_clock.main(["--quick", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: wall_clock: ") and message in last and "Traceback" not in err
+
+
+def test_a_bad_option_exits_2_from_the_command_line(tmp_path):
+    proc = _run("--quick", "--methods", "none", "no_such_method", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: wall_clock: ") and message in last and "Traceback" not in proc.stderr
+    assert last.startswith("error: wall_clock: ") and "--methods 'no_such_method'" in last
 
 
 def test_compiled_rows(wall_clock):
