@@ -31,6 +31,19 @@ def check_position(position: str) -> str:
     return position
 
 
+def head_mean_keys(attn: AttentionInfo | None, who: str) -> Tensor:
+    """The block's keys averaged over heads, (B, N, d): ToMe's matching metric; a ValueError naming ``who`` when the
+    block exposed none."""
+    if attn is None or attn.k is None:
+        raise ValueError(f"{who} needs the block's keys in AttentionInfo")
+    return attn.k.mean(dim=1)
+
+
+def matching_metric(x: Tensor, attn: AttentionInfo | None, metric: str, who: str) -> Tensor:
+    """What bipartite matching compares: x itself ("hidden", (B, N, C)) or the head-mean keys ("keys")."""
+    return head_mean_keys(attn, who) if metric == "keys" else x
+
+
 class MergeMethod(ABC):
     """Base class. Subclasses implement ``plan``; ``__call__`` applies it (x, size, source).
 
@@ -58,6 +71,11 @@ class MergeMethod(ABC):
             raise ValueError(f"unknown merge_op {merge_op!r}; choose one of {MERGE_OPS}")
         self.merge_op = merge_op
 
+    @staticmethod
+    def per_row(state: MergeState, r: RValue | Tensor) -> bool:
+        """Whether this step goes row by row (``merging.rows``): rows of different counts, packed rows, or r per row."""
+        return state.count is not None or state.packed or not isinstance(r, (int, float))
+
     def merge_average(self, plan: MergePlan, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
         """Apply a merge plan with this method's merge_op: x (B, N, C), size (B, N, 1) or None -> (x', size')."""
         if self.merge_op == "mlerp":
@@ -74,7 +92,7 @@ class MergeMethod(ABC):
 
         Rows of different counts (``state.count``), packed rows, or r per row ((B,) tensor or ``RowBudget``): each
         row gets the merges it gets alone (``merging.rows.call_rows``)."""
-        if state.count is not None or state.packed or not isinstance(r, (int, float)):
+        if self.per_row(state, r):
             return call_rows(self, x, state, attn, r)
         r_eff = effective_r(r, x.shape[1], self.protected)
         if r_eff == 0:
@@ -143,12 +161,7 @@ class ToMe(MergeMethod):
         self.needs_attention = metric == "keys"
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
-        if self.metric == "keys":
-            if attn is None or attn.k is None:
-                raise ValueError("ToMe(metric='keys') needs the block's keys in AttentionInfo")
-            metric = attn.k.mean(dim=1)
-        else:
-            metric = x
+        metric = matching_metric(x, attn, self.metric, "ToMe(metric='keys')")
         return bipartite_soft_matching(metric, r, protected=self.protected, sort_unmerged=self.protected > 0)
 
 
@@ -223,12 +236,7 @@ class VidTLDR(MergeMethod):
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> MergePlan:
         saliency = self.token_saliency(attn, state)
-        if self.metric == "keys":
-            if attn is None or attn.k is None:
-                raise ValueError("vid-TLDR(metric='keys') needs the block's keys in AttentionInfo")
-            metric = attn.k.mean(dim=1)
-        else:
-            metric = x
+        metric = matching_metric(x, attn, self.metric, "vid-TLDR(metric='keys')")
         plan = bipartite_soft_matching(metric, r, protected=self.protected, sort_unmerged=True, affine_scores=True)
         plan.src_weight = even_gather(saliency, plan.src_idx)
         return plan

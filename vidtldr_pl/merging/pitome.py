@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .matching import MergePlan, bipartite_soft_matching, merge_tokens
-from .methods import MergeMethod, register_method
+from .methods import MergeMethod, matching_metric, register_method
 from .rows import call_rows
 from .schedule import RValue, effective_r
 from .state import AttentionInfo, MergeState, TokenGrid
@@ -100,12 +100,7 @@ class PiToMe(MergeMethod):
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> OrderedPlan:
         """x: (B, N, C) -> an OrderedPlan removing r tokens (applied by ``__call__``)."""
-        if self.metric == "keys":
-            if attn is None or attn.k is None:
-                raise ValueError("pitome(metric='keys') needs the block's keys in AttentionInfo")
-            metric = attn.k.mean(dim=1)
-        else:
-            metric = x
+        metric = matching_metric(x, attn, self.metric, "pitome(metric='keys')")
         p = self.protected
         layer = len(state.tokens_per_layer) if state is not None else 0
         with torch.no_grad():

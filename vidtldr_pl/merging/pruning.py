@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .matching import DropPlan, drop_lowest
-from .methods import MergeMethod, check_position, register_method
+from .methods import MergeMethod, check_position, head_mean_keys, register_method
 from .schedule import RValue, effective_r
 from .state import AttentionInfo, MergeState, TokenGrid
 
@@ -126,7 +126,7 @@ class EViT(TopK):
 
     def __call__(self, x: Tensor, state: MergeState, attn: AttentionInfo | None, r: RValue) -> Tensor:
         """x: (B, N, C) -> (B, N - r', C): kept tokens, then the fused token; updates size / source / shift / grid."""
-        if state.count is not None or getattr(state, "packed", False) or not isinstance(r, (int, float)):
+        if self.per_row(state, r):
             return super().__call__(x, state, attn, r)  # rows of different counts: the base runs this step per group
         b, n, c = x.shape
         r_eff = effective_r(r, n, self.protected)
@@ -226,10 +226,8 @@ class STA(MergeMethod):
         self.position = check_position(position)
 
     def plan(self, x: Tensor, attn: AttentionInfo | None, r: int, state: MergeState | None = None) -> DropPlan:
-        if attn is None or attn.k is None:
-            raise ValueError("sta needs the block's keys (AttentionInfo.k)")
+        metric = head_mean_keys(attn, "sta")
         p, (rows, n, c) = self.protected, x.shape
-        metric = attn.k.mean(dim=1)
         grid = _usable_grid(state.grid if state is not None else None, n, rows, p)
         if grid is None:  # one frame
             frames, drops, shape = 1, [r], (rows, 1, n - p)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .matching import MergePlan, bipartite_soft_matching, merge_tokens, merge_wavg
-from .methods import MergeMethod, register_method
+from .methods import MergeMethod, head_mean_keys, register_method
 from .saliency import check_saliency_backend, raw_saliency
 from .schedule import RValue, effective_r
 from .state import AttentionInfo, MergeState, TokenGrid
@@ -102,7 +102,7 @@ class STIMTemporal(MergeMethod):
 
     def __call__(self, x: Tensor, state: MergeState, attn: AttentionInfo | None, r: RValue) -> Tensor:
         """x: (rows, N, C) -> (rows, N - r', C), updating size / source / shift / grid."""
-        if state.count is not None or getattr(state, "packed", False) or not isinstance(r, (int, float)):
+        if self.per_row(state, r):
             return super().__call__(x, state, attn, r)  # rows of different counts: the base runs this step per group
         rows, n, c = x.shape
         r_eff = effective_r(r, n, self.protected)
@@ -150,9 +150,7 @@ class STIMTemporal(MergeMethod):
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _keys(self, attn: AttentionInfo | None) -> Tensor:
-        if attn is None or attn.k is None:
-            raise ValueError("stim_temporal needs the block's keys (AttentionInfo.k)")
-        return attn.k.mean(dim=1)
+        return head_mean_keys(attn, "stim_temporal")
 
     def _saliency(self, attn: AttentionInfo | None, rows: int, n: int) -> Tensor:
         """(rows, N, 1) float32 negative entropy of each token's head-mean attention row (weighted), else ones."""

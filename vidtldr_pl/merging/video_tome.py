@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .matching import DropPlan, MergePlan, best_matches, bipartite_soft_matching
-from .methods import MergeMethod, random_keys, register_method
+from .methods import MergeMethod, matching_metric, random_keys, register_method
 from .regroup import from_frames, from_tubes, keep_groups, merge_groups, to_frames, to_tubes
 from .rows import call_rows
 from .schedule import RValue, effective_r
@@ -110,11 +110,7 @@ class VideoToMe(MergeMethod):
 
     # ------------------------------------------------------------------ plans
     def _metric(self, x: Tensor, attn: AttentionInfo | None) -> Tensor:
-        if self.metric == "hidden":
-            return x
-        if attn is None or attn.k is None:
-            raise ValueError("tome_video(metric='keys') needs the block's keys in AttentionInfo")
-        return attn.k.mean(dim=1)
+        return matching_metric(x, attn, self.metric, "tome_video(metric='keys')")
 
     def match(self, metric: Tensor, r: int, protected: int, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """metric: (G, n, C) -> (src_idx (G, r, 1), dst_idx (G, r, 1), unm_idx (G, na - r, 1), src_score (G, r)):
